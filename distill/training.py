@@ -1,0 +1,233 @@
+"""The training pieces shared by fine-tuning and distillation.
+
+- ``distillation_loss``: Hinton et al. (2015) soft targets at temperature ``T`` (scaled by ``T²`` so
+  their gradients keep the size of the hard loss) mixed with the hard-label cross-entropy by ``alpha``;
+  without labels it is the soft loss alone.
+- ``student_from_teacher_layers``: a DistilBERT-style student that starts from a subset of the
+  teacher's own layers (plus its embeddings, pooler and classifier).
+- ``train``: one loop for both, with a seeded order, a progress bar showing loss and dev accuracy,
+  and early stopping that keeps the best dev epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    *,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """``alpha * T² * KL(teacher_T ‖ student_T) + (1 - alpha) * CE(student, labels)``.
+
+    With ``labels=None`` the soft term alone; with ``teacher_logits=None`` the hard term alone.
+    """
+    if teacher_logits is None and labels is None:
+        raise ValueError("distillation_loss needs teacher logits, labels, or both")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    hard = F.cross_entropy(student_logits, labels) if labels is not None else None
+    if teacher_logits is None:
+        assert hard is not None
+        return hard
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=-1),
+        F.log_softmax(teacher_logits / temperature, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (temperature**2)
+    if hard is None:
+        return soft
+    return alpha * soft + (1.0 - alpha) * hard
+
+
+def _encoder_layers(model: nn.Module) -> nn.ModuleList:
+    base = getattr(model, "base_model", model)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} has no encoder.layer list to take layers from")
+    return layers
+
+
+def student_from_teacher_layers(teacher: nn.Module, layers: Sequence[int]) -> nn.Module:
+    """A copy of ``teacher`` that keeps only the encoder ``layers`` (in order), DistilBERT-style."""
+    available = len(_encoder_layers(teacher))
+    if not layers or any(not 0 <= i < available for i in layers):
+        raise ValueError(f"layers must be a non-empty list of indices in [0, {available - 1}], got {list(layers)}")
+    config = copy.deepcopy(teacher.config)  # type: ignore[union-attr]
+    config.num_hidden_layers = len(layers)
+    student = type(teacher)(config)
+    pattern = re.compile(r"(.*\.encoder\.layer\.)(\d+)(\..*)")
+    source = teacher.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    for key in student.state_dict():
+        match = pattern.match(key)
+        if match:
+            key_in_teacher = f"{match[1]}{layers[int(match[2])]}{match[3]}"
+            mapped[key] = source[key_in_teacher].clone()
+        else:
+            mapped[key] = source[key].clone()
+    student.load_state_dict(mapped)
+    return student
+
+
+@dataclass
+class TrainingData:
+    """Texts with hard labels, soft targets (teacher logits), or both, already tokenised."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = tokenizer(
+        list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 64
+) -> torch.Tensor:
+    model.eval()
+    parts = []
+    for start in range(0, input_ids.shape[0], batch_size):
+        ids = input_ids[start : start + batch_size]
+        mask = attention_mask[start : start + batch_size]
+        width = int(mask.sum(dim=1).max())  # trim shared padding: much cheaper on short texts
+        parts.append(model(input_ids=ids[:, :width], attention_mask=mask[:, :width]).logits.float())
+    return torch.cat(parts)
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 3
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    temperature: float = 2.0
+    alpha: float = 0.5
+    patience: int = 2
+    seed: int = 0
+    weight_decay: float = 0.01
+    warmup_share: float = 0.1
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_dev_accuracy: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(dim=1) == labels).float().mean())
+
+
+def train(
+    model: nn.Module,
+    data: TrainingData,
+    settings: TrainSettings,
+    *,
+    dev: TrainingData | None = None,
+    description: str = "train",
+) -> TrainResult:
+    """Train in place; with ``dev`` (labelled) keep the best epoch's weights and stop early."""
+    seed_everything(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    steps_per_epoch = max(1, (len(data) + settings.batch_size - 1) // settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    warmup = max(1, int(total_steps * settings.warmup_share))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1)))
+    )
+    result = TrainResult(best_epoch=0, best_dev_accuracy=None)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_key: tuple[float, float] | None = None
+    epochs_without_gain = 0
+    progress = tqdm(total=total_steps, desc=description, unit="step", dynamic_ncols=True)
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        order = torch.randperm(len(data), generator=generator)
+        running = 0.0
+        for step, start in enumerate(range(0, len(data), settings.batch_size), start=1):
+            rows = order[start : start + settings.batch_size]
+            mask = data.attention_mask[rows]
+            width = int(mask.sum(dim=1).max())
+            logits = model(input_ids=data.input_ids[rows][:, :width], attention_mask=mask[:, :width]).logits
+            loss = distillation_loss(
+                logits,
+                data.teacher_logits[rows] if data.teacher_logits is not None else None,
+                data.labels[rows] if data.labels is not None else None,
+                temperature=settings.temperature,
+                alpha=settings.alpha,
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            running += loss.item()
+            progress.update(1)
+            progress.set_postfix(epoch=epoch, loss=f"{running / step:.4f}", dev_acc=_fmt(result.best_dev_accuracy))
+        record = {"epoch": float(epoch), "loss": running / steps_per_epoch}
+        if dev is not None and dev.labels is not None:
+            dev_logits = predict_logits(model, dev.input_ids, dev.attention_mask)
+            dev_accuracy = accuracy(dev_logits, dev.labels)
+            dev_nll = float(F.cross_entropy(dev_logits, dev.labels))
+            record.update(dev_accuracy=dev_accuracy, dev_nll=dev_nll)
+            progress.set_postfix(epoch=epoch, loss=f"{record['loss']:.4f}", dev_acc=_fmt(dev_accuracy))
+            # Better = more accurate, or as accurate and better calibrated (a small dev set saturates
+            # accuracy early while the model is still far from confident).
+            if best_key is None or (dev_accuracy, -dev_nll) > best_key:
+                best_key = (dev_accuracy, -dev_nll)
+                result.best_dev_accuracy, result.best_epoch = dev_accuracy, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                epochs_without_gain = 0
+            else:
+                epochs_without_gain += 1
+        else:
+            result.best_epoch = epoch
+        result.history.append(record)
+        if dev is not None and epochs_without_gain >= settings.patience:
+            break
+    progress.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

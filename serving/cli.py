@@ -1,0 +1,266 @@
+"""``cascade``: the one front door. Each subcommand is a thin shell over a function tests call directly.
+
+The CLI is the composition root: it is the one module of ``serving`` that reaches into ``distill``
+(to build the demo pair and to train), and it does so lazily, inside the subcommands that need it,
+so that the serving runtime itself never imports training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from serving import constants as c
+from serving.config import GatewayConfig, ModelSettings, load_config
+from serving.errors import CascadeError
+
+logger = logging.getLogger("cascade")
+
+
+def demo_config() -> GatewayConfig:
+    """The embedded demo pair (built on first use), both roles on this machine's CPU."""
+    from distill.demo import ensure_demo_pair
+
+    pair = ensure_demo_pair()
+    return GatewayConfig(
+        student=ModelSettings(model=str(pair.student)),
+        teacher=ModelSettings(model=str(pair.teacher)),
+    )
+
+
+def _wait_until_ready(base_url: str, deadline_s: float) -> None:
+    import httpx
+
+    stop_at = time.monotonic() + deadline_s
+    last = "no answer"
+    while time.monotonic() < stop_at:
+        try:
+            response = httpx.get(f"{base_url}/readyz", timeout=c.READINESS_PROBE_TIMEOUT_S + 1)
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:200]}"
+        except httpx.HTTPError as error:
+            last = repr(error)
+        time.sleep(0.5)
+    raise CascadeError(f"the gateway was not ready within {deadline_s:.0f} s (last /readyz: {last})")
+
+
+def serve_gateway(
+    config: GatewayConfig,
+    *,
+    ray_address: str | None = None,
+    startup_timeout_s: float = c.DEFAULT_STARTUP_TIMEOUT_S,
+    stop: threading.Event | None = None,
+    log_level: str = "WARNING",
+) -> None:
+    """Start (or join) Ray, deploy the gateway, wait for it to be ready, serve until ``stop`` is set.
+
+    Without ``ray_address`` it starts a private local Ray and ends every process of it on the way
+    out; with one it joins that cluster and only deletes its own application when it stops.
+    """
+    import ray
+    from ray import serve
+    from ray.serve.config import HTTPOptions
+    from ray.serve.schema import LoggingConfig
+
+    from serving.app import build_app
+
+    application = build_app(config)  # resolves and verifies both models before Ray starts
+    stop = stop or threading.Event()
+    own_ray = ray_address is None
+    ray.init(
+        address=ray_address or "local",
+        include_dashboard=False,
+        logging_level=log_level,
+        log_to_driver=log_level in ("DEBUG", "INFO"),
+        object_store_memory=c.LOCAL_RAY_OBJECT_STORE_BYTES if own_ray else None,
+    )
+    try:
+        serve.start(http_options=HTTPOptions(host=config.http.host, port=config.http.port))
+        serve.run(
+            application,
+            name=c.SERVE_APP_NAME,
+            route_prefix="/",
+            blocking=False,
+            logging_config=LoggingConfig(log_level=log_level, enable_access_log=False),
+        )
+        base_url = f"http://{config.http.host}:{config.http.port}"
+        _wait_until_ready(base_url, startup_timeout_s)
+        print(f"cascade-gateway listening on {base_url}  (docs: {base_url}/docs; Ctrl-C stops)", flush=True)
+        stop.wait()
+    finally:
+        print("cascade-gateway stopping…", flush=True)
+        if own_ray:
+            serve.shutdown()
+            ray.shutdown()
+        else:
+            serve.delete(c.SERVE_APP_NAME)
+            ray.shutdown()
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config else demo_config()
+    http = config.http.model_copy(
+        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    )
+    config = config.model_copy(update={"http": http})
+    serve_gateway(
+        config,
+        ray_address=args.ray_address,
+        startup_timeout_s=args.startup_timeout,
+        stop=_stop_on_signals(),
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def _cmd_build_demo(args: argparse.Namespace) -> int:
+    from distill.demo import ensure_demo_pair
+
+    pair = ensure_demo_pair()
+    print(f"teacher: {pair.teacher}\nstudent: {pair.student}")
+    return 0
+
+
+def _train_settings(args: argparse.Namespace) -> Any:
+    from distill.training import TrainSettings
+
+    return TrainSettings(
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        temperature=getattr(args, "temperature", 2.0),
+        alpha=getattr(args, "alpha", 0.5),
+        patience=args.patience,
+        seed=args.seed,
+    )
+
+
+def _build_options(args: argparse.Namespace, default_name: str) -> Any:
+    from distill.build import BuildOptions
+
+    return BuildOptions(
+        name=args.name or default_name,
+        version=args.version,
+        max_length=args.max_length,
+        train=_train_settings(args),
+        onnx=not args.no_onnx,
+        int8=args.int8,
+        overwrite=args.overwrite,
+        threads=args.threads,
+    )
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from distill.build import finetune_teacher
+
+    manifest = finetune_teacher(
+        args.train, args.output, _build_options(args, "teacher"), base_model=args.base_model, dev_path=args.dev
+    )
+    print(f"teacher {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from distill.build import distill_student
+
+    layers = [int(i) for i in args.layers.split(",")]
+    manifest = distill_student(
+        args.teacher,
+        args.train,
+        args.output,
+        _build_options(args, "student"),
+        layers=layers,
+        dev_path=args.dev,
+        use_hard_labels=not args.soft_only,
+    )
+    print(f"student {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
+    return 0
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
+    parser.add_argument("--train", required=True, type=Path, help="training JSONL ({text, label} per line)")
+    parser.add_argument("--dev", type=Path, help="dev JSONL: early stopping and reported accuracy")
+    parser.add_argument("--output", required=True, type=Path, help="artifact folder to write")
+    parser.add_argument("--name", help="artifact name in its manifest")
+    parser.add_argument("--version", default="1", help="artifact version in its manifest (default 1)")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=64, help="tokens per text (default 64)")
+    parser.add_argument("--patience", type=int, default=2, help="epochs without dev gain before stopping")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    parser.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 ONNX copy")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cascade", description="cascade-gateway: a distilled student, a teacher, one endpoint.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the gateway (the embedded demo pair without --config)")
+    serve.add_argument("--config", type=Path, help="gateway YAML (see deploy/single-machine.yaml)")
+    serve.add_argument("--host", help=f"listen address (default {c.DEFAULT_HOST}, or the config's)")
+    serve.add_argument("--port", type=int, help=f"listen port (default {c.DEFAULT_PORT}, or the config's)")
+    serve.add_argument("--ray-address", help="join this Ray cluster instead of starting a private local Ray")
+    serve.add_argument("--startup-timeout", type=float, default=c.DEFAULT_STARTUP_TIMEOUT_S, help="seconds to wait for readiness")
+    serve.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.set_defaults(func=_cmd_serve)
+
+    demo = commands.add_parser("build-demo", help="build (or find) the embedded demo pair and print where it is")
+    demo.set_defaults(func=_cmd_build_demo)
+
+    finetune = commands.add_parser("finetune", help="fine-tune a pretrained encoder into a teacher artifact")
+    finetune.add_argument("--base-model", help="local folder or hub id (default: the packaged all-MiniLM-L6-v2)")
+    _add_training_arguments(finetune, epochs=3, lr=1e-4)
+    finetune.set_defaults(func=_cmd_finetune)
+
+    distill = commands.add_parser("distill", help="distil a student artifact from a teacher artifact")
+    distill.add_argument("--teacher", required=True, type=Path, help="teacher artifact folder")
+    distill.add_argument("--layers", default="0,5", help="teacher layers the student starts from (default 0,5)")
+    distill.add_argument("--temperature", type=float, default=2.0, help="soft-target temperature T")
+    distill.add_argument("--alpha", type=float, default=0.5, help="weight of the soft loss against the hard loss")
+    distill.add_argument("--soft-only", action="store_true", help="no hard labels: teacher outputs only")
+    _add_training_arguments(distill, epochs=10, lr=2e-4)
+    distill.set_defaults(func=_cmd_distill)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Quiet third-party chatter (per-file download/load bars, load reports); our own training
+    # progress bars stay. Set before transformers is first imported.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CascadeError as error:
+        print(f"cascade {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The gateway's configuration: one YAML file, one pydantic model per concept, validated at start-up.
+
+How each part reloads (``serve.run`` with a changed config):
+
+- ``cascade`` and ``limits`` are the ingress's ``user_config``: Ray Serve applies them in place
+  through ``Gateway.reconfigure``, with no replica restarted and no request dropped.
+- ``student`` / ``teacher`` (model, backend, device, threads, batching) and every ``deployment``
+  setting change the deployment's code or options, so Ray Serve rolls those replicas.
+- ``http`` needs a restart of ``cascade serve``.
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from router import Signal
+from serving import constants as c
+from serving.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpSettings(_Strict):
+    host: str = c.DEFAULT_HOST
+    port: int = Field(c.DEFAULT_PORT, ge=1, le=65535)
+
+
+class LimitSettings(_Strict):
+    """Checked on every request before anything is queued; applied live."""
+
+    max_body_bytes: PositiveInt = c.DEFAULT_MAX_BODY_BYTES
+    max_inputs: PositiveInt = c.DEFAULT_MAX_INPUTS
+    max_text_chars: PositiveInt = c.DEFAULT_MAX_TEXT_CHARS
+
+
+class CascadeSettings(_Strict):
+    """The escalation rule; applied live.
+
+    ``temperature`` left unset means: use the student's calibrated temperature from its manifest.
+    """
+
+    signal: Signal = Signal(c.DEFAULT_SIGNAL)
+    threshold: NonNegativeFloat = c.DEFAULT_THRESHOLD
+    temperature: float | None = Field(None, gt=0)
+
+
+class AutoscalingSettings(_Strict):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: PositiveInt = 1
+    target_ongoing_requests: PositiveInt = 32
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSettings:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
+class DeploymentSettings(_Strict):
+    """Ray Serve placement and admission for one deployment."""
+
+    num_replicas: PositiveInt = 1
+    autoscaling: AutoscalingSettings | None = None
+    num_cpus: NonNegativeFloat = 1.0
+    num_gpus: NonNegativeFloat = 0.0
+    max_ongoing_requests: PositiveInt = c.DEFAULT_MODEL_MAX_ONGOING_REQUESTS
+    max_queued_requests: int = c.DEFAULT_MODEL_MAX_QUEUED_REQUESTS
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue_limit(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError(f"must be -1 (no limit) or a positive integer, got {value}")
+        return value
+
+    def ray_options(self, name: str) -> dict[str, Any]:
+        """The keyword arguments of ``Deployment.options`` that these settings stand for."""
+        options: dict[str, Any] = {
+            "name": name,
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+        if self.autoscaling is not None:
+            options["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class BatchingSettings(_Strict):
+    """Ray Serve dynamic batching (``@serve.batch``): calls are grouped up to a size or a wait."""
+
+    max_batch_size: PositiveInt = c.DEFAULT_MAX_BATCH_SIZE
+    batch_wait_timeout_s: NonNegativeFloat = c.DEFAULT_BATCH_WAIT_TIMEOUT_S
+
+
+class ModelSettings(_Strict):
+    """One model role: which model, how it runs, and where.
+
+    ``model`` is a model folder (an artifact with ``manifest.json``, or a plain Hugging Face folder)
+    or a Hugging Face hub id. ``backend: auto`` takes ONNX Runtime when the folder has ``model.onnx``
+    and transformers/torch otherwise. ``device: auto`` takes CUDA when the replica sees a GPU.
+    """
+
+    model: str = Field(min_length=1)
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: PositiveInt = c.DEFAULT_THREADS
+    max_length: PositiveInt = c.DEFAULT_MAX_LENGTH_TOKENS
+    batching: BatchingSettings = BatchingSettings()
+    deployment: DeploymentSettings = DeploymentSettings()
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> ModelSettings:
+        ongoing = self.deployment.max_ongoing_requests
+        if self.batching.max_batch_size > ongoing:
+            raise ValueError(
+                f"batching.max_batch_size ({self.batching.max_batch_size}) must be <= "
+                f"deployment.max_ongoing_requests ({ongoing}), or batches can never fill"
+            )
+        return self
+
+
+def _ingress_deployment() -> DeploymentSettings:
+    return DeploymentSettings(
+        num_cpus=0.0,
+        max_ongoing_requests=c.DEFAULT_INGRESS_MAX_ONGOING_REQUESTS,
+        max_queued_requests=c.DEFAULT_INGRESS_MAX_QUEUED_REQUESTS,
+    )
+
+
+class GatewayConfig(_Strict):
+    """The whole gateway: one YAML file."""
+
+    http: HttpSettings = HttpSettings()
+    limits: LimitSettings = LimitSettings()
+    cascade: CascadeSettings = CascadeSettings()
+    student: ModelSettings
+    teacher: ModelSettings
+    ingress: DeploymentSettings = Field(default_factory=_ingress_deployment)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> GatewayConfig:
+    """Validate a mapping (as read from YAML) into a config; errors name each field and its rule."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source} is invalid:\n{_describe(error)}") from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a YAML config file. Relative model paths resolve against the file's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if isinstance(data, dict):
+        for role in ("student", "teacher"):
+            section = data.get(role)
+            if isinstance(section, dict) and isinstance(section.get("model"), str):
+                candidate = path.parent / section["model"]
+                if not Path(section["model"]).is_absolute() and candidate.exists():
+                    section["model"] = str(candidate.resolve())
+    return parse_config(data, source=str(path))

@@ -1,0 +1,73 @@
+"""Tiny but real model artifacts for tests: random-weight BERTs of width 32, built in seconds.
+
+They use the packaged MiniLM tokenizer (offline), the project's own manifest writer and its own ONNX
+exporter, so every test that serves them exercises the real artifact path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+LABELS = ["balance", "card", "greeting"]
+TEXTS = [
+    "what is my balance",
+    "I lost my card",
+    "hello there",
+    "how much money do I have",
+    "my card was stolen yesterday",
+    "good morning",
+]
+
+
+@dataclass(frozen=True)
+class TinyPair:
+    teacher: Path
+    student: Path
+    data: Path
+
+
+def build_tiny_model(folder: Path, *, layers: int, seed: int, role: str, onnx: bool) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from distill.build import default_base_model
+    from distill.export import export_onnx
+    from serving.artifact import Manifest, write_manifest
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)},
+    )
+    model = BertForSequenceClassification(config).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_base_model()).save_pretrained(folder)
+    metrics = export_onnx(folder, TEXTS) if onnx else {}
+    write_manifest(
+        folder,
+        Manifest(name=f"tiny-{role}", version="1", role=role, labels=LABELS, formats=["hf"], metrics=metrics),  # type: ignore[arg-type]
+    )
+    return folder
+
+
+def write_dataset(path: Path) -> Path:
+    rows = [{"text": t, "label": LABELS[i % 3]} for i, t in enumerate(TEXTS)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def build_tiny_pair(root: Path) -> TinyPair:
+    return TinyPair(
+        teacher=build_tiny_model(root / "teacher", layers=2, seed=1, role="teacher", onnx=False),
+        student=build_tiny_model(root / "student", layers=1, seed=2, role="student", onnx=True),
+        data=write_dataset(root / "data.jsonl"),
+    )

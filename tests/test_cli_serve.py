@@ -1,0 +1,149 @@
+"""End to end: `cascade serve --config` as a subprocess on a free port, spoken to over HTTP.
+
+Two servers, one per threshold: τ = 0 never escalates, τ = 1.5 always does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.builders import TEXTS, TinyPair
+from tests.conftest import free_port
+from tests.gateway_helpers import BAD_REQUESTS, gateway_config, write_config
+
+STARTUP_DEADLINE_S = 180.0
+
+
+def ray_core_pids() -> set[int]:
+    """PIDs of Ray's per-node daemons (raylet, GCS): one set per running Ray instance."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"/raylet" in cmdline or b"gcs_server" in cmdline:
+                pids.add(int(entry.name))
+    return pids
+
+
+@dataclass
+class Server:
+    url: str
+    threshold: float
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def _start(config_path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path), "--port", str(port)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def _wait_listening(server: Server) -> None:
+    deadline = time.monotonic() + STARTUP_DEADLINE_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"cascade serve exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}")
+        if "listening on" in server.log.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    server.process.kill()
+    pytest.fail(f"cascade serve not ready within {STARTUP_DEADLINE_S} s:\n{server.log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module", params=[0.0, 1.5], ids=["tau=0", "tau=1.5"])
+def server(request: pytest.FixtureRequest, tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    threshold: float = request.param
+    folder = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    config = write_config(folder / "gateway.yaml", gateway_config(tiny_pair, threshold=threshold, port=port))
+    before = ray_core_pids()
+    started = Server(f"http://127.0.0.1:{port}", threshold, _start(config, port, folder / "serve.log"), folder / "serve.log")
+    try:
+        _wait_listening(started)
+        yield started
+    finally:
+        started.process.send_signal(signal.SIGINT)
+        try:
+            code = started.process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            started.process.kill()
+            raise
+        leftover = ray_core_pids() - before
+        assert code == 0, started.log.read_text()[-3000:]
+        assert not leftover, f"Ray processes left behind by cascade serve: {leftover}"
+
+
+def test_auto_route_follows_the_threshold(server: Server) -> None:
+    response = httpx.post(f"{server.url}/v1/classify", json={"inputs": TEXTS}, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["results"]) == len(TEXTS)
+    expected = "teacher" if server.threshold > 1 else "student"
+    assert {r["served_by"] for r in body["results"]} == {expected}
+    assert all(r["escalated"] is (server.threshold > 1) for r in body["results"])
+    assert body["model_versions"] == {"student": "tiny-student:1", "teacher": "tiny-teacher:1"}
+    first = body["results"][0]
+    assert first["label"] == max(first["scores"], key=first["scores"].get)
+    assert first["confidence"] == pytest.approx(max(first["scores"].values()), abs=1e-6)
+
+
+def test_single_text_and_forced_routes(server: Server) -> None:
+    for route in ("teacher", "student"):
+        response = httpx.post(f"{server.url}/v1/classify", json={"inputs": "hello", "route": route}, timeout=30)
+        assert response.status_code == 200, response.text
+        (result,) = response.json()["results"]
+        assert result["served_by"] == route and result["escalated"] is False
+
+
+def test_request_id_is_taken_or_made(server: Server) -> None:
+    given = httpx.post(f"{server.url}/v1/classify", json={"inputs": "hi"}, headers={"X-Request-Id": "abc-123"}, timeout=30)
+    assert given.headers["x-request-id"] == "abc-123"
+    made = httpx.post(f"{server.url}/v1/classify", json={"inputs": "hi"}, timeout=30)
+    assert len(made.headers["x-request-id"]) >= 16
+
+
+@pytest.mark.parametrize(("case", "body", "status", "error_type"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_input_gets_its_4xx_and_the_next_request_succeeds(
+    server: Server, case: str, body: bytes, status: int, error_type: str
+) -> None:
+    response = httpx.post(
+        f"{server.url}/v1/classify", content=body, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error"}
+    assert response.json()["error"]["type"] == error_type
+    assert response.json()["error"]["message"]
+    follow_up = httpx.post(f"{server.url}/v1/classify", json={"inputs": "still fine?"}, timeout=30)
+    assert follow_up.status_code == 200
+
+
+def test_service_endpoints(server: Server) -> None:
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/readyz", timeout=15)
+    assert ready.status_code == 200 and ready.json()["roles"] == {"student": "ready", "teacher": "ready"}
+    models = httpx.get(f"{server.url}/v1/models").json()
+    assert models["roles"]["student"]["backend"] == "onnx" and models["roles"]["teacher"]["backend"] == "torch"
+    assert models["cascade"]["threshold"] == server.threshold
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/v1/classify" in schema["paths"]
+    missing = httpx.get(f"{server.url}/v2/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
