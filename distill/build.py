@@ -82,12 +82,19 @@ def _labelled(data: Dataset, labels: Sequence[str], tokenizer: Any, max_length: 
 
 
 def _finish(
-    staging: Path, model: Any, tokenizer: Any, manifest: Manifest, sample: Sequence[str], options: BuildOptions
+    staging: Path,
+    model: Any,
+    tokenizer: Any,
+    manifest: Manifest,
+    sample: Sequence[str],
+    options: BuildOptions,
 ) -> Manifest:
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     if options.onnx:
-        manifest.metrics.update(export_onnx(staging, sample, int8=options.int8, max_length=options.max_length))
+        manifest.metrics.update(
+            export_onnx(staging, sample, int8=options.int8, max_length=options.max_length)
+        )
     return write_manifest(staging, manifest)
 
 

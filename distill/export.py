@@ -69,7 +69,9 @@ def export_onnx(
         )
     ref = ModelRef(location=str(folder), labels=(), version="export", has_onnx=True)
     texts = list(sample_texts)
-    torch_probs = softmax(TorchBackend(ref, device="cpu", threads=torch.get_num_threads(), max_length=max_length).logits(texts))
+    torch_probs = softmax(
+        TorchBackend(ref, device="cpu", threads=torch.get_num_threads(), max_length=max_length).logits(texts)
+    )
     onnx_probs = softmax(OnnxBackend(ref, device="cpu", threads=1, max_length=max_length).logits(texts))
     fp32_diff = float(np.abs(torch_probs - onnx_probs).max())
     report: dict[str, Any] = {"parity_samples": len(texts), "onnx_fp32_max_abs_prob_diff": fp32_diff}

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 
 def seed_everything(seed: int) -> None:
@@ -72,12 +73,14 @@ def _encoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def student_from_teacher_layers(teacher: nn.Module, layers: Sequence[int]) -> nn.Module:
+def student_from_teacher_layers(teacher: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
     """A copy of ``teacher`` that keeps only the encoder ``layers`` (in order), DistilBERT-style."""
     available = len(_encoder_layers(teacher))
     if not layers or any(not 0 <= i < available for i in layers):
-        raise ValueError(f"layers must be a non-empty list of indices in [0, {available - 1}], got {list(layers)}")
-    config = copy.deepcopy(teacher.config)  # type: ignore[union-attr]
+        raise ValueError(
+            f"layers must be a non-empty list of indices in [0, {available - 1}], got {list(layers)}"
+        )
+    config: Any = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
     student = type(teacher)(config)
     pattern = re.compile(r"(.*\.encoder\.layer\.)(\d+)(\..*)")
@@ -170,7 +173,8 @@ def train(
     total_steps = steps_per_epoch * settings.epochs
     warmup = max(1, int(total_steps * settings.warmup_share))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1)))
+        optimizer,
+        lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1))),
     )
     result = TrainResult(best_epoch=0, best_dev_accuracy=None)
     best_state: dict[str, torch.Tensor] | None = None
@@ -200,7 +204,9 @@ def train(
             scheduler.step()
             running += loss.item()
             progress.update(1)
-            progress.set_postfix(epoch=epoch, loss=f"{running / step:.4f}", dev_acc=_fmt(result.best_dev_accuracy))
+            progress.set_postfix(
+                epoch=epoch, loss=f"{running / step:.4f}", dev_acc=_fmt(result.best_dev_accuracy)
+            )
         record = {"epoch": float(epoch), "loss": running / steps_per_epoch}
         if dev is not None and dev.labels is not None:
             dev_logits = predict_logits(model, dev.input_ids, dev.attention_mask)

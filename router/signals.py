@@ -8,7 +8,7 @@ softens an over-confident model.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike, NDArray
 FloatArray = NDArray[np.float64]
 
 
-class Signal(str, Enum):
+class Signal(StrEnum):
     """The confidence signals a cascade can threshold."""
 
     MAX_PROB = "max_prob"

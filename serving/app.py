@@ -13,12 +13,13 @@ so change live through ``reconfigure``; everything about a model rolls that role
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.serve import Deployment
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,6 +40,8 @@ from serving.schemas import (
 )
 
 logger = logging.getLogger("cascade.gateway")
+ROLES = ("student", "teacher")
+
 
 def _count_texts(calls: list[list[str]]) -> int:
     return sum(len(texts) for texts in calls)
@@ -59,8 +62,9 @@ class ModelReplica:
             threads=self._settings.threads,
             max_length=self._settings.max_length,
         )
-        self.logits.set_max_batch_size(self._settings.batching.max_batch_size)
-        self.logits.set_batch_wait_timeout_s(self._settings.batching.batch_wait_timeout_s)
+        # @serve.batch adds these setters to the method; its static arguments are only defaults.
+        self.logits.set_max_batch_size(self._settings.batching.max_batch_size)  # type: ignore[attr-defined]
+        self.logits.set_batch_wait_timeout_s(self._settings.batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
         # Warm up, so that "constructed" means "has answered once" (readiness relies on it).
         self._backend.logits(["warm up"])
 
@@ -108,7 +112,7 @@ async def _one_error_shape(request: Request, call_next: Callable[[Request], Awai
     """
     try:
         return await call_next(request)
-    except Exception as error:  # noqa: BLE001 - the one place that turns any failure into HTTP
+    except Exception as error:
         status, body = error_response(error)
         if status >= 500:
             logger.exception("request %s failed", request.headers.get("x-request-id", "-"))
@@ -136,14 +140,14 @@ class Gateway:
 
     def __init__(
         self,
-        student: DeploymentHandle,
-        teacher: DeploymentHandle,
+        student: DeploymentHandle[Any],
+        teacher: DeploymentHandle[Any],
         roles: dict[str, dict[str, Any]],
     ) -> None:
         self._handles = {"student": student, "teacher": teacher}
         self._roles = roles
         self._labels: list[str] = roles["student"]["labels"]
-        self._versions = {role: roles[role]["version"] for role in ("student", "teacher")}
+        self._versions = {role: roles[role]["version"] for role in ROLES}
         # Ray Serve calls reconfigure(user_config) right after construction; defaults until then.
         self.reconfigure({})
 
@@ -226,7 +230,9 @@ class Gateway:
             except Exception:  # noqa: BLE001 - any failure means "not ready", and says which role
                 roles[role] = "not ready"
         ready = all(state == "ready" for state in roles.values())
-        return JSONResponse({"status": "ready" if ready else "not ready", "roles": roles}, 200 if ready else 503)
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "roles": roles}, 200 if ready else 503
+        )
 
 
 def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
@@ -235,7 +241,9 @@ def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
         "version": ref.version,
         "labels": list(ref.labels),
         "temperature": ref.temperature,
-        "backend": "onnx" if settings.backend == "onnx" or (settings.backend == "auto" and ref.has_onnx) else "torch",
+        "backend": "onnx"
+        if settings.backend == "onnx" or (settings.backend == "auto" and ref.has_onnx)
+        else "torch",
         "device": settings.device,
         "max_batch_size": settings.batching.max_batch_size,
     }
@@ -243,19 +251,21 @@ def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
 
 def build_app(config: GatewayConfig) -> serve.Application:
     """Resolve both models (checksums, same labels) and bind the application; fails before deploying."""
-    refs = {role: resolve_model(getattr(config, role).model) for role in ("student", "teacher")}
+    refs = {role: resolve_model(getattr(config, role).model) for role in ROLES}
     check_same_labels(refs["student"], refs["teacher"])
-    roles = {role: _role_summary(refs[role], getattr(config, role)) for role in ("student", "teacher")}
+    roles = {role: _role_summary(refs[role], getattr(config, role)) for role in ROLES}
+    # @serve.deployment turned both classes into Deployments; mypy still sees the classes.
+    replica, gateway = cast(Deployment, ModelReplica), cast(Deployment, Gateway)
     handles = {
-        role: ModelReplica.options(**getattr(config, role).deployment.ray_options(role)).bind(
+        role: replica.options(**getattr(config, role).deployment.ray_options(role)).bind(
             role, getattr(config, role).model_dump()
         )
-        for role in ("student", "teacher")
+        for role in ROLES
     }
     user_config = {"cascade": config.cascade.model_dump(mode="json"), "limits": config.limits.model_dump()}
-    return Gateway.options(
-        **config.ingress.ray_options("gateway"), user_config=user_config
-    ).bind(handles["student"], handles["teacher"], roles)
+    return gateway.options(**config.ingress.ray_options("gateway"), user_config=user_config).bind(
+        handles["student"], handles["teacher"], roles
+    )
 
 
 __all__ = ["Gateway", "ModelReplica", "build_app"]

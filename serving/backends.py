@@ -71,7 +71,7 @@ class TorchBackend:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device is 'cuda' but torch sees no CUDA device on this replica")
-        self.device = device
+        self.device: str = device
         self._torch = torch
         self._tokenize = _Tokenizer(ref.location, max_length)
         self._model = AutoModelForSequenceClassification.from_pretrained(ref.location).to(device).eval()

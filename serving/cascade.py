@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from router import CascadePolicy
-from serving.schemas import ClassifyResult, Route
+from serving.schemas import ClassifyResult, Role, Route
 
 LogitsCall = Callable[[list[str]], Awaitable[np.ndarray]]
 
@@ -27,13 +27,13 @@ class CascadeOutcome:
 
 
 def _result(
-    labels: Sequence[str], probabilities: np.ndarray, served_by: str, escalated: bool, confidence: float
+    labels: Sequence[str], probabilities: np.ndarray, served_by: Role, escalated: bool, confidence: float
 ) -> ClassifyResult:
     top = int(np.argmax(probabilities))
     return ClassifyResult(
         label=labels[top],
         confidence=float(confidence),
-        served_by=served_by,  # type: ignore[arg-type]
+        served_by=served_by,
         escalated=escalated,
         scores={label: float(p) for label, p in zip(labels, probabilities, strict=True)},
     )

@@ -79,7 +79,7 @@ def serve_gateway(
     ray.init(
         address=ray_address or "local",
         include_dashboard=False,
-        logging_level=log_level,
+        logging_level=getattr(logging, log_level),
         log_to_driver=log_level in ("DEBUG", "INFO"),
         object_store_memory=c.LOCAL_RAY_OBJECT_STORE_BYTES if own_ray else None,
     )
@@ -174,7 +174,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from distill.build import finetune_teacher
 
     manifest = finetune_teacher(
-        args.train, args.output, _build_options(args, "teacher"), base_model=args.base_model, dev_path=args.dev
+        args.train,
+        args.output,
+        _build_options(args, "teacher"),
+        base_model=args.base_model,
+        dev_path=args.dev,
     )
     print(f"teacher {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
     return 0
@@ -211,12 +215,16 @@ def _add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
-    parser.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 ONNX copy")
+    parser.add_argument(
+        "--int8", action="store_true", help="also write a dynamically quantised int8 ONNX copy"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cascade", description="cascade-gateway: a distilled student, a teacher, one endpoint.")
+    parser = argparse.ArgumentParser(
+        prog="cascade", description="cascade-gateway: a distilled student, a teacher, one endpoint."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="start the gateway (the embedded demo pair without --config)")
@@ -224,23 +232,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help=f"listen address (default {c.DEFAULT_HOST}, or the config's)")
     serve.add_argument("--port", type=int, help=f"listen port (default {c.DEFAULT_PORT}, or the config's)")
     serve.add_argument("--ray-address", help="join this Ray cluster instead of starting a private local Ray")
-    serve.add_argument("--startup-timeout", type=float, default=c.DEFAULT_STARTUP_TIMEOUT_S, help="seconds to wait for readiness")
+    serve.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=c.DEFAULT_STARTUP_TIMEOUT_S,
+        help="seconds to wait for readiness",
+    )
     serve.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(func=_cmd_serve)
 
-    demo = commands.add_parser("build-demo", help="build (or find) the embedded demo pair and print where it is")
+    demo = commands.add_parser(
+        "build-demo", help="build (or find) the embedded demo pair and print where it is"
+    )
     demo.set_defaults(func=_cmd_build_demo)
 
     finetune = commands.add_parser("finetune", help="fine-tune a pretrained encoder into a teacher artifact")
-    finetune.add_argument("--base-model", help="local folder or hub id (default: the packaged all-MiniLM-L6-v2)")
+    finetune.add_argument(
+        "--base-model", help="local folder or hub id (default: the packaged all-MiniLM-L6-v2)"
+    )
     _add_training_arguments(finetune, epochs=3, lr=1e-4)
     finetune.set_defaults(func=_cmd_finetune)
 
     distill = commands.add_parser("distill", help="distil a student artifact from a teacher artifact")
     distill.add_argument("--teacher", required=True, type=Path, help="teacher artifact folder")
-    distill.add_argument("--layers", default="0,5", help="teacher layers the student starts from (default 0,5)")
+    distill.add_argument(
+        "--layers", default="0,5", help="teacher layers the student starts from (default 0,5)"
+    )
     distill.add_argument("--temperature", type=float, default=2.0, help="soft-target temperature T")
-    distill.add_argument("--alpha", type=float, default=0.5, help="weight of the soft loss against the hard loss")
+    distill.add_argument(
+        "--alpha", type=float, default=0.5, help="weight of the soft loss against the hard loss"
+    )
     distill.add_argument("--soft-only", action="store_true", help="no hard labels: teacher outputs only")
     _add_training_arguments(distill, epochs=10, lr=2e-4)
     distill.set_defaults(func=_cmd_distill)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
@@ -46,7 +45,6 @@ READINESS_PROBE_TIMEOUT_S = 5.0
 # and logits, never tensors that need shared memory).
 SERVE_APP_NAME = "cascade"
 LOCAL_RAY_OBJECT_STORE_BYTES = 256 * 1024 * 1024
-
 
 
 def cascade_home() -> Path:

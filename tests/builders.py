@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.artifact import Role
+
 LABELS = ["balance", "card", "greeting"]
 TEXTS = [
     "what is my balance",
@@ -28,7 +30,7 @@ class TinyPair:
     data: Path
 
 
-def build_tiny_model(folder: Path, *, layers: int, seed: int, role: str, onnx: bool) -> Path:
+def build_tiny_model(folder: Path, *, layers: int, seed: int, role: Role, onnx: bool) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -54,7 +56,7 @@ def build_tiny_model(folder: Path, *, layers: int, seed: int, role: str, onnx: b
     metrics = export_onnx(folder, TEXTS) if onnx else {}
     write_manifest(
         folder,
-        Manifest(name=f"tiny-{role}", version="1", role=role, labels=LABELS, formats=["hf"], metrics=metrics),  # type: ignore[arg-type]
+        Manifest(name=f"tiny-{role}", version="1", role=role, labels=LABELS, formats=["hf"], metrics=metrics),
     )
     return folder
 

@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.builders import TinyPair, build_tiny_pair  # noqa: E402
+from tests.builders import TinyPair, build_tiny_pair
 
 
 def free_port() -> int:

@@ -60,7 +60,9 @@ def _wait_listening(server: Server) -> None:
     deadline = time.monotonic() + STARTUP_DEADLINE_S
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            pytest.fail(f"cascade serve exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}")
+            pytest.fail(
+                f"cascade serve exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}"
+            )
         if "listening on" in server.log.read_text(errors="replace"):
             return
         time.sleep(0.5)
@@ -69,13 +71,20 @@ def _wait_listening(server: Server) -> None:
 
 
 @pytest.fixture(scope="module", params=[0.0, 1.5], ids=["tau=0", "tau=1.5"])
-def server(request: pytest.FixtureRequest, tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    request: pytest.FixtureRequest, tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     threshold: float = request.param
     folder = tmp_path_factory.mktemp("serve")
     port = free_port()
     config = write_config(folder / "gateway.yaml", gateway_config(tiny_pair, threshold=threshold, port=port))
     before = ray_core_pids()
-    started = Server(f"http://127.0.0.1:{port}", threshold, _start(config, port, folder / "serve.log"), folder / "serve.log")
+    started = Server(
+        f"http://127.0.0.1:{port}",
+        threshold,
+        _start(config, port, folder / "serve.log"),
+        folder / "serve.log",
+    )
     try:
         _wait_listening(started)
         yield started
@@ -107,20 +116,26 @@ def test_auto_route_follows_the_threshold(server: Server) -> None:
 
 def test_single_text_and_forced_routes(server: Server) -> None:
     for route in ("teacher", "student"):
-        response = httpx.post(f"{server.url}/v1/classify", json={"inputs": "hello", "route": route}, timeout=30)
+        response = httpx.post(
+            f"{server.url}/v1/classify", json={"inputs": "hello", "route": route}, timeout=30
+        )
         assert response.status_code == 200, response.text
         (result,) = response.json()["results"]
         assert result["served_by"] == route and result["escalated"] is False
 
 
 def test_request_id_is_taken_or_made(server: Server) -> None:
-    given = httpx.post(f"{server.url}/v1/classify", json={"inputs": "hi"}, headers={"X-Request-Id": "abc-123"}, timeout=30)
+    given = httpx.post(
+        f"{server.url}/v1/classify", json={"inputs": "hi"}, headers={"X-Request-Id": "abc-123"}, timeout=30
+    )
     assert given.headers["x-request-id"] == "abc-123"
     made = httpx.post(f"{server.url}/v1/classify", json={"inputs": "hi"}, timeout=30)
     assert len(made.headers["x-request-id"]) >= 16
 
 
-@pytest.mark.parametrize(("case", "body", "status", "error_type"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("case", "body", "status", "error_type"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
+)
 def test_bad_input_gets_its_4xx_and_the_next_request_succeeds(
     server: Server, case: str, body: bytes, status: int, error_type: str
 ) -> None:
@@ -140,7 +155,9 @@ def test_service_endpoints(server: Server) -> None:
     ready = httpx.get(f"{server.url}/readyz", timeout=15)
     assert ready.status_code == 200 and ready.json()["roles"] == {"student": "ready", "teacher": "ready"}
     models = httpx.get(f"{server.url}/v1/models").json()
-    assert models["roles"]["student"]["backend"] == "onnx" and models["roles"]["teacher"]["backend"] == "torch"
+    assert (
+        models["roles"]["student"]["backend"] == "onnx" and models["roles"]["teacher"]["backend"] == "torch"
+    )
     assert models["cascade"]["threshold"] == server.threshold
     assert httpx.get(f"{server.url}/docs").status_code == 200
     schema = httpx.get(f"{server.url}/openapi.json").json()

@@ -42,7 +42,13 @@ def test_minimal_config_gets_batching_friendly_defaults() -> None:
             ["max_batch_size (100)", "max_ongoing_requests (64)"],
         ),
         (
-            {**MINIMAL, "teacher": {"model": "t", "deployment": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}},
+            {
+                **MINIMAL,
+                "teacher": {
+                    "model": "t",
+                    "deployment": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}},
+                },
+            },
             ["teacher.deployment.autoscaling", "max_replicas (2) must be >= min_replicas (3)"],
         ),
         ({"student": {"model": "s"}}, ["teacher", "Field required"]),
@@ -58,7 +64,10 @@ def test_invalid_config_names_field_and_rule(data: dict[str, object], fragments:
 
 def test_deployment_options_for_ray() -> None:
     config = parse_config(
-        {**MINIMAL, "teacher": {"model": "t", "deployment": {"num_gpus": 1, "autoscaling": {"max_replicas": 4}}}}
+        {
+            **MINIMAL,
+            "teacher": {"model": "t", "deployment": {"num_gpus": 1, "autoscaling": {"max_replicas": 4}}},
+        }
     )
     options = config.teacher.deployment.ray_options("teacher")
     assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}

@@ -31,12 +31,12 @@ def test_tampered_artifact_is_refused(tiny_pair: TinyPair, tmp_path: Path) -> No
     shutil.copytree(tiny_pair.student, copy)
     with (copy / "config.json").open("a") as handle:
         handle.write(" ")
-    with pytest.raises(ArtifactError, match="checksum of config.json"):
+    with pytest.raises(ArtifactError, match=r"checksum of config\.json"):
         resolve_model(str(copy))
     shutil.copy(tiny_pair.student / "config.json", copy / "config.json")
     assert resolve_model(str(copy)).version == "tiny-student:1"
     (copy / "model.onnx").unlink()
-    with pytest.raises(ArtifactError, match="model.onnx listed in the manifest is missing"):
+    with pytest.raises(ArtifactError, match=r"model\.onnx listed in the manifest is missing"):
         resolve_model(str(copy))
 
 
@@ -92,8 +92,13 @@ def test_cascade_merges_teacher_answers_in_input_order(tiny_pair: TinyPair) -> N
     threshold = float(np.median(student_conf))  # about half escalate, whatever the random weights
     outcome = asyncio.run(
         run_cascade(
-            TEXTS, "auto", policy=CascadePolicy(threshold), labels=LABELS, teacher_temperature=1.0,
-            student=call_student, teacher=call_teacher,
+            TEXTS,
+            "auto",
+            policy=CascadePolicy(threshold),
+            labels=LABELS,
+            teacher_temperature=1.0,
+            student=call_student,
+            teacher=call_teacher,
         )
     )
     escalated = [i for i, r in enumerate(outcome.results) if r.escalated]
@@ -118,8 +123,13 @@ def test_forced_routes_call_only_that_model(tiny_pair: TinyPair) -> None:
 
     outcome = asyncio.run(
         run_cascade(
-            TEXTS[:2], "teacher", policy=CascadePolicy(0.0), labels=LABELS, teacher_temperature=1.0,
-            student=fail, teacher=call_teacher,
+            TEXTS[:2],
+            "teacher",
+            policy=CascadePolicy(0.0),
+            labels=LABELS,
+            teacher_temperature=1.0,
+            student=fail,
+            teacher=call_teacher,
         )
     )
     assert [r.served_by for r in outcome.results] == ["teacher", "teacher"]

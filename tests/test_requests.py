@@ -46,14 +46,21 @@ def test_single_text_and_list_are_accepted() -> None:
         (_body({"inputs": ["ok", "   "]}), InvalidRequest, 422, "inputs[1] is empty"),
         (_body({"inputs": ["ok", 3]}), InvalidRequest, 422, "string or a list of strings"),
         (_body({"inputs": 7}), InvalidRequest, 422, "string or a list of strings"),
-        (_body({"inputs": "x", "route": "gpu"}), InvalidRequest, 422, "'auto', 'student', 'teacher', got 'gpu'"),
+        (
+            _body({"inputs": "x", "route": "gpu"}),
+            InvalidRequest,
+            422,
+            "'auto', 'student', 'teacher', got 'gpu'",
+        ),
         (_body({"inputs": "x", "model": "y"}), InvalidRequest, 422, "unknown field 'model'"),
         (_body({"inputs": ["a", "b", "c", "d"]}), LimitExceeded, 422, "is 4; the limit is 3"),
         (_body({"inputs": "y" * 41}), LimitExceeded, 422, "is 41; the limit is 40"),
         (b" " * 501, PayloadTooLarge, 413, "501 bytes; the limit (limits.max_body_bytes) is 500"),
     ],
 )
-def test_bad_requests_map_to_their_status(body: bytes, error: type[RequestError], status: int, fragment: str) -> None:
+def test_bad_requests_map_to_their_status(
+    body: bytes, error: type[RequestError], status: int, fragment: str
+) -> None:
     with pytest.raises(error) as caught:
         parse_classify_request(body, LIMITS)
     code, payload = error_response(caught.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def test_temperature_changes_the_decision() -> None:
     ("kwargs", "message"),
     [({"threshold": -0.1}, "threshold must be >= 0"), ({"threshold": 0.5, "temperature": 0}, "temperature")],
 )
-def test_policy_rejects_bad_settings(kwargs: dict[str, float], message: str) -> None:
+def test_policy_rejects_bad_settings(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CascadePolicy(**kwargs)
 

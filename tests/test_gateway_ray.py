@@ -1,0 +1,68 @@
+"""The Ray Serve application in-process on the session's local Ray: live reconfiguration and batching."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from serving.config import parse_config
+from tests.builders import TEXTS, TinyPair
+from tests.conftest import free_port
+from tests.gateway_helpers import gateway_config
+
+APP = "cascade-test"
+
+
+@pytest.fixture(scope="module")
+def gateway(ray_session: None, tiny_pair: TinyPair) -> Iterator[tuple[str, dict[str, Any]]]:
+    from ray import serve
+
+    from serving.app import build_app
+
+    port = free_port()
+    config = gateway_config(tiny_pair, threshold=0.0, port=port, max_batch_size=3)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(parse_config(config)), name=APP, route_prefix="/")
+    try:
+        yield f"http://127.0.0.1:{port}", config
+    finally:
+        serve.delete(APP)
+
+
+def _classify(url: str, payload: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(f"{url}/v1/classify", json=payload, timeout=60)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_request_larger_than_a_batch_is_chunked_and_kept_in_order(
+    gateway: tuple[str, dict[str, Any]],
+) -> None:
+    url, _ = gateway
+    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(8)]  # 8 texts, batches of 3
+    together = _classify(url, {"inputs": texts, "route": "student"})["results"]
+    one_by_one = [_classify(url, {"inputs": t, "route": "student"})["results"][0] for t in texts]
+    assert [r["label"] for r in together] == [r["label"] for r in one_by_one]
+    for a, b in zip(together, one_by_one, strict=True):
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
+
+
+def test_threshold_change_applies_live(gateway: tuple[str, dict[str, Any]]) -> None:
+    from ray import serve
+
+    from serving.app import build_app
+
+    url, config = gateway
+    assert {r["served_by"] for r in _classify(url, {"inputs": TEXTS})["results"]} == {"student"}
+    replicas_before = httpx.get(f"{url}/v1/models").json()["roles"]
+    escalate_all = {**config, "cascade": {"signal": "margin", "threshold": 1.5}}
+    serve.run(build_app(parse_config(escalate_all)), name=APP, route_prefix="/")
+    models = httpx.get(f"{url}/v1/models").json()
+    assert models["cascade"] == {"signal": "margin", "threshold": 1.5, "temperature": 1.0}
+    assert models["roles"] == replicas_before
+    results = _classify(url, {"inputs": TEXTS})["results"]
+    assert {r["served_by"] for r in results} == {"teacher"} and all(r["escalated"] for r in results)
