@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -30,8 +30,11 @@ from distill.training import (
     tokenize,
     train,
 )
+from serving.architectures import bag_of_embeddings_from_teacher, register_architectures
 from serving.artifact import Manifest, resolve_model, write_manifest
 from serving.errors import ArtifactError, DataError
+
+StudentShape = Literal["teacher_layers", "bag_of_embeddings"]
 
 
 def default_base_model() -> str:
@@ -92,9 +95,7 @@ def _finish(
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     if options.onnx:
-        manifest.metrics.update(
-            export_onnx(staging, sample, int8=options.int8, max_length=options.max_length)
-        )
+        manifest.metrics.update(export_onnx(staging, sample, int8=options.int8, max_length=options.max_length))
     return write_manifest(staging, manifest)
 
 
@@ -160,12 +161,16 @@ def distill_student(
     output: str | Path,
     options: BuildOptions,
     *,
-    layers: Sequence[int],
+    shape: StudentShape = "teacher_layers",
+    layers: Sequence[int] = (0, 5),
+    bag_hidden_size: int = 256,
     dev_path: str | Path | None = None,
     use_hard_labels: bool = True,
 ) -> Manifest:
-    """Distil a student that starts from ``layers`` of the teacher; soft targets from the teacher.
+    """Distil a student from a teacher artifact; soft targets from the teacher.
 
+    ``shape``: ``teacher_layers`` starts from ``layers`` of the teacher (DistilBERT-style);
+    ``bag_of_embeddings`` is the much cheaper averaged-embeddings model (``serving.architectures``).
     The teacher's logits on the training texts are computed once, before training, and reused every
     epoch. Lines without a label are fine when ``use_hard_labels`` is false (soft targets only).
     """
@@ -173,6 +178,7 @@ def distill_student(
 
     if options.threads:
         torch.set_num_threads(options.threads)
+    register_architectures()
     started = time.perf_counter()
     teacher_ref = resolve_model(str(teacher_path))
     labels = list(teacher_ref.labels)
@@ -185,7 +191,12 @@ def distill_student(
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_ref.location).eval()
     input_ids, attention_mask = tokenize(tokenizer, train_data.texts, options.max_length)
     teacher_logits = predict_logits(teacher, input_ids, attention_mask)
-    student = student_from_teacher_layers(teacher, layers)
+    if shape == "teacher_layers":
+        student = student_from_teacher_layers(teacher, layers)
+        shape_summary: dict[str, Any] = {"kind": shape, "layers": list(layers)}
+    else:
+        student = bag_of_embeddings_from_teacher(teacher, hidden_size=bag_hidden_size)
+        shape_summary = {"kind": shape, "hidden_size": bag_hidden_size}
     dev = _labelled(dev_data, labels, tokenizer, options.max_length) if dev_data else None
     teacher_dev_accuracy = (
         accuracy(predict_logits(teacher, dev.input_ids, dev.attention_mask), dev.labels)
@@ -209,7 +220,7 @@ def distill_student(
             parent=teacher_ref.version,
             training={
                 "teacher": teacher_ref.version,
-                "shape": {"kind": "teacher_layers", "layers": list(layers)},
+                "shape": shape_summary,
                 "train": _summary(train_data),
                 "dev": _summary(dev_data) if dev_data else None,
                 "hard_labels": use_hard_labels,

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from router import softmax
+from serving.architectures import register_architectures
 from serving.artifact import ONNX_INT8_NAME, ONNX_NAME, ModelRef
 from serving.backends import ONNX_INPUT_NAMES, OnnxBackend, TorchBackend
 from serving.errors import ArtifactError
@@ -48,6 +49,7 @@ def export_onnx(
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    register_architectures()
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     example = tokenizer(["an example", "a somewhat longer example text"], padding=True, return_tensors="pt")

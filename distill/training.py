@@ -77,9 +77,7 @@ def student_from_teacher_layers(teacher: PreTrainedModel, layers: Sequence[int])
     """A copy of ``teacher`` that keeps only the encoder ``layers`` (in order), DistilBERT-style."""
     available = len(_encoder_layers(teacher))
     if not layers or any(not 0 <= i < available for i in layers):
-        raise ValueError(
-            f"layers must be a non-empty list of indices in [0, {available - 1}], got {list(layers)}"
-        )
+        raise ValueError(f"layers must be a non-empty list of indices in [0, {available - 1}], got {list(layers)}")
     config: Any = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
     student = type(teacher)(config)
@@ -111,9 +109,7 @@ class TrainingData:
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    encoded = tokenizer(
-        list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
-    )
+    encoded = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     return encoded["input_ids"], encoded["attention_mask"]
 
 
@@ -166,9 +162,7 @@ def train(
     """Train in place; with ``dev`` (labelled) keep the best epoch's weights and stop early."""
     seed_everything(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = max(1, (len(data) + settings.batch_size - 1) // settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     warmup = max(1, int(total_steps * settings.warmup_share))
@@ -204,9 +198,7 @@ def train(
             scheduler.step()
             running += loss.item()
             progress.update(1)
-            progress.set_postfix(
-                epoch=epoch, loss=f"{running / step:.4f}", dev_acc=_fmt(result.best_dev_accuracy)
-            )
+            progress.set_postfix(epoch=epoch, loss=f"{running / step:.4f}", dev_acc=_fmt(result.best_dev_accuracy))
         record = {"epoch": float(epoch), "loss": running / steps_per_epoch}
         if dev is not None and dev.labels is not None:
             dev_logits = predict_logits(model, dev.input_ids, dev.attention_mask)

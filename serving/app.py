@@ -230,9 +230,7 @@ class Gateway:
             except Exception:  # noqa: BLE001 - any failure means "not ready", and says which role
                 roles[role] = "not ready"
         ready = all(state == "ready" for state in roles.values())
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "roles": roles}, 200 if ready else 503
-        )
+        return JSONResponse({"status": "ready" if ready else "not ready", "roles": roles}, 200 if ready else 503)
 
 
 def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
@@ -241,9 +239,7 @@ def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
         "version": ref.version,
         "labels": list(ref.labels),
         "temperature": ref.temperature,
-        "backend": "onnx"
-        if settings.backend == "onnx" or (settings.backend == "auto" and ref.has_onnx)
-        else "torch",
+        "backend": "onnx" if settings.backend == "onnx" or (settings.backend == "auto" and ref.has_onnx) else "torch",
         "device": settings.device,
         "max_batch_size": settings.batching.max_batch_size,
     }

@@ -9,7 +9,6 @@ there is nothing to verify.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,7 +123,15 @@ class ModelRef:
 
 
 def resolve_model(reference: str, *, verify: bool = True) -> ModelRef:
-    """Turn a config's ``model`` string into a ModelRef, verifying an artifact's checksums."""
+    """Turn a config's ``model`` string into a ModelRef, verifying an artifact's checksums.
+
+    ``reference`` is an artifact folder, a plain Hugging Face folder, a hub id, or
+    ``registry:<root>/<role>`` (the version currently promoted for that role).
+    """
+    if reference.startswith("registry:"):
+        from serving.registry import resolve_registry_reference
+
+        reference = str(resolve_registry_reference(reference))
     folder = Path(reference).expanduser()
     if (folder / MANIFEST_NAME).exists():
         manifest = verify_artifact(folder) if verify else read_manifest(folder)
@@ -175,8 +182,3 @@ def check_same_labels(student: ModelRef, teacher: ModelRef) -> None:
             else "same labels in a different order"
         )
         raise ArtifactError(f"student and teacher label sets differ: {detail}")
-
-
-def manifest_json(manifest: Manifest) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(manifest.model_dump_json())
-    return data

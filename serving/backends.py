@@ -66,6 +66,9 @@ class TorchBackend:
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        from serving.architectures import register_architectures
+
+        register_architectures()
         torch.set_num_threads(threads)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -62,8 +62,7 @@ async def run_cascade(
     student_logits = await student(texts)
     verdict = policy.judge(student_logits)
     results = [
-        _result(labels, verdict.probabilities[i], "student", False, verdict.confidence[i])
-        for i in range(len(texts))
+        _result(labels, verdict.probabilities[i], "student", False, verdict.confidence[i]) for i in range(len(texts))
     ]
     if route == "student" or not verdict.escalate.any():
         return CascadeOutcome(results, student_logits, None, [])

@@ -8,6 +8,7 @@ so that the serving runtime itself never imports training code.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -119,9 +120,7 @@ def _stop_on_signals() -> threading.Event:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else demo_config()
-    http = config.http.model_copy(
-        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    )
+    http = config.http.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
     config = config.model_copy(update={"http": http})
     serve_gateway(
         config,
@@ -193,11 +192,71 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         args.train,
         args.output,
         _build_options(args, "student"),
+        shape=args.shape,
         layers=layers,
         dev_path=args.dev,
         use_hard_labels=not args.soft_only,
     )
     print(f"student {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from distill.evaluate import evaluate_pair, format_table
+
+    report = evaluate_pair(
+        str(args.teacher),
+        str(args.student),
+        args.data,
+        threads=args.threads,
+        max_length=args.max_length,
+        limit=args.limit,
+    )
+    print(format_table(report))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"written to {args.output}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from serving.registry import ROLES, Registry
+
+    registry = Registry(args.registry)
+    if args.action == "list":
+        current = {role: registry.current(role) for role in ROLES}
+        for entry in registry.entries():
+            roles = [role for role, e in current.items() if e and (e.name, e.version) == (entry.name, entry.version)]
+            marker = f"  <- current {', '.join(roles)}" if roles else ""
+            print(
+                f"{entry.name}:{entry.version}  {entry.manifest.role}  "
+                f"dev accuracy {entry.manifest.metrics.get('dev_accuracy')}{marker}"
+            )
+    elif args.action == "add":
+        entry = registry.add(args.target)
+        print(f"added {entry.name}:{entry.version} at {entry.path}")
+    elif args.action == "show":
+        name, _, version = args.target.partition(":")
+        print(registry.get(name, version).manifest.model_dump_json(indent=2))
+    elif args.action == "promote":
+        name, _, version = args.target.partition(":")
+        entry = registry.get(name, version)
+        registry.promote(entry.manifest.role, name, version, reason=args.reason)
+        print(f"{entry.manifest.role} -> {name}:{version}")
+    elif args.action == "rollback":
+        entry = registry.rollback(args.target)
+        print(f"{args.target} -> {entry.name}:{entry.version}")
+    return 0
+
+
+def _cmd_benchmark_distill(args: argparse.Namespace) -> int:
+    from distill.benchmark import PLANS, run_benchmark
+
+    names = args.datasets_only.split(",") if args.datasets_only else list(PLANS)
+    command = "cascade " + " ".join(sys.argv[1:])
+    run_benchmark(args.datasets, args.work, args.output, names, args.threads, command)
+    print(f"results in {args.output}/distill.md")
     return 0
 
 
@@ -215,9 +274,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
-    parser.add_argument(
-        "--int8", action="store_true", help="also write a dynamically quantised int8 ONNX copy"
-    )
+    parser.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 ONNX copy")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
@@ -241,30 +298,55 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(func=_cmd_serve)
 
-    demo = commands.add_parser(
-        "build-demo", help="build (or find) the embedded demo pair and print where it is"
-    )
+    demo = commands.add_parser("build-demo", help="build (or find) the embedded demo pair and print where it is")
     demo.set_defaults(func=_cmd_build_demo)
 
     finetune = commands.add_parser("finetune", help="fine-tune a pretrained encoder into a teacher artifact")
-    finetune.add_argument(
-        "--base-model", help="local folder or hub id (default: the packaged all-MiniLM-L6-v2)"
-    )
+    finetune.add_argument("--base-model", help="local folder or hub id (default: the packaged all-MiniLM-L6-v2)")
     _add_training_arguments(finetune, epochs=3, lr=1e-4)
     finetune.set_defaults(func=_cmd_finetune)
 
     distill = commands.add_parser("distill", help="distil a student artifact from a teacher artifact")
     distill.add_argument("--teacher", required=True, type=Path, help="teacher artifact folder")
     distill.add_argument(
-        "--layers", default="0,5", help="teacher layers the student starts from (default 0,5)"
+        "--shape",
+        default="teacher_layers",
+        choices=["teacher_layers", "bag_of_embeddings"],
+        help="teacher_layers: DistilBERT-style subset of the teacher's layers; bag_of_embeddings: the cheapest",
     )
+    distill.add_argument("--layers", default="0,5", help="teacher layers the student starts from (default 0,5)")
     distill.add_argument("--temperature", type=float, default=2.0, help="soft-target temperature T")
-    distill.add_argument(
-        "--alpha", type=float, default=0.5, help="weight of the soft loss against the hard loss"
-    )
+    distill.add_argument("--alpha", type=float, default=0.5, help="weight of the soft loss against the hard loss")
     distill.add_argument("--soft-only", action="store_true", help="no hard labels: teacher outputs only")
     _add_training_arguments(distill, epochs=10, lr=2e-4)
     distill.set_defaults(func=_cmd_distill)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy, agreement, size and CPU time of teacher and student")
+    evaluate.add_argument("--teacher", required=True, help="teacher artifact (folder or registry:<root>/teacher)")
+    evaluate.add_argument("--student", required=True, help="student artifact (folder or registry:<root>/student)")
+    evaluate.add_argument("--data", required=True, type=Path, help="labelled JSONL")
+    evaluate.add_argument("--output", type=Path, help="write the JSON report here")
+    evaluate.add_argument("--threads", type=int, default=1, help="threads per model while timing (default 1)")
+    evaluate.add_argument("--max-length", type=int, default=64)
+    evaluate.add_argument("--limit", type=int, help="evaluate on the first N rows only")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    models = commands.add_parser("models", help="the model registry: list, add, show, promote, rollback")
+    models.add_argument("action", choices=["list", "add", "show", "promote", "rollback"])
+    models.add_argument(
+        "target", nargs="?", default="", help="add: a folder; show/promote: NAME:VERSION; rollback: a role"
+    )
+    models.add_argument("--registry", required=True, type=Path, help="registry root folder")
+    models.add_argument("--reason", default="", help="promote: why, kept in the pointer's history")
+    models.set_defaults(func=_cmd_models)
+
+    bench = commands.add_parser("benchmark-distill", help="build and measure teachers and students on real datasets")
+    bench.add_argument("--datasets", type=Path, default=Path("../shared/datasets"), help="<name>/{train,dev}.jsonl")
+    bench.add_argument("--datasets-only", help="comma-separated subset, e.g. banking77,sst2")
+    bench.add_argument("--work", type=Path, default=Path("runs/benchmark"), help="where models are written")
+    bench.add_argument("--output", type=Path, default=Path("docs/benchmarks"), help="where distill.{md,json} go")
+    bench.add_argument("--threads", type=int, default=1, help="threads per model while timing (default 1)")
+    bench.set_defaults(func=_cmd_benchmark_distill)
     return parser
 
 

@@ -69,9 +69,7 @@ class AutoscalingSettings(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingSettings:
         if self.max_replicas < self.min_replicas:
-            raise ValueError(
-                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
-            )
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
         return self
 
 

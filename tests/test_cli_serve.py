@@ -60,9 +60,7 @@ def _wait_listening(server: Server) -> None:
     deadline = time.monotonic() + STARTUP_DEADLINE_S
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            pytest.fail(
-                f"cascade serve exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}"
-            )
+            pytest.fail(f"cascade serve exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}")
         if "listening on" in server.log.read_text(errors="replace"):
             return
         time.sleep(0.5)
@@ -116,9 +114,7 @@ def test_auto_route_follows_the_threshold(server: Server) -> None:
 
 def test_single_text_and_forced_routes(server: Server) -> None:
     for route in ("teacher", "student"):
-        response = httpx.post(
-            f"{server.url}/v1/classify", json={"inputs": "hello", "route": route}, timeout=30
-        )
+        response = httpx.post(f"{server.url}/v1/classify", json={"inputs": "hello", "route": route}, timeout=30)
         assert response.status_code == 200, response.text
         (result,) = response.json()["results"]
         assert result["served_by"] == route and result["escalated"] is False
@@ -133,9 +129,7 @@ def test_request_id_is_taken_or_made(server: Server) -> None:
     assert len(made.headers["x-request-id"]) >= 16
 
 
-@pytest.mark.parametrize(
-    ("case", "body", "status", "error_type"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
-)
+@pytest.mark.parametrize(("case", "body", "status", "error_type"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
 def test_bad_input_gets_its_4xx_and_the_next_request_succeeds(
     server: Server, case: str, body: bytes, status: int, error_type: str
 ) -> None:
@@ -155,9 +149,7 @@ def test_service_endpoints(server: Server) -> None:
     ready = httpx.get(f"{server.url}/readyz", timeout=15)
     assert ready.status_code == 200 and ready.json()["roles"] == {"student": "ready", "teacher": "ready"}
     models = httpx.get(f"{server.url}/v1/models").json()
-    assert (
-        models["roles"]["student"]["backend"] == "onnx" and models["roles"]["teacher"]["backend"] == "torch"
-    )
+    assert models["roles"]["student"]["backend"] == "onnx" and models["roles"]["teacher"]["backend"] == "torch"
     assert models["cascade"]["threshold"] == server.threshold
     assert httpx.get(f"{server.url}/docs").status_code == 200
     schema = httpx.get(f"{server.url}/openapi.json").json()

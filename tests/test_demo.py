@@ -24,9 +24,7 @@ def test_demo_pair_builds_caches_and_answers(tmp_path: Path) -> None:
     dev = read_jsonl(DEMO_DATA / "dev.jsonl")
     for ref in (teacher, student):
         predictions = np.argmax(load_backend(ref).logits(dev.texts), axis=1)
-        accuracy = float(
-            np.mean([ref.labels[p] == gold for p, gold in zip(predictions, dev.labels, strict=True)])
-        )
+        accuracy = float(np.mean([ref.labels[p] == gold for p, gold in zip(predictions, dev.labels, strict=True)]))
         assert accuracy >= 0.85, f"{ref.version} dev accuracy {accuracy:.3f}"
 
     mtime = (pair.student / "manifest.json").stat().st_mtime

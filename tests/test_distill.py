@@ -20,15 +20,11 @@ from tests.builders import LABELS, TinyPair
 
 def test_soft_loss_is_zero_when_student_matches_teacher_and_scales_with_t_squared() -> None:
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
-    assert float(distillation_loss(logits, logits, None, temperature=3.0, alpha=1.0)) == pytest.approx(
-        0, abs=1e-6
-    )
+    assert float(distillation_loss(logits, logits, None, temperature=3.0, alpha=1.0)) == pytest.approx(0, abs=1e-6)
     student = torch.zeros(1, 2)
     teacher = torch.tensor([[math.log(3.0), 0.0]])  # teacher probs at T=1: 0.75 / 0.25
     kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert float(distillation_loss(student, teacher, None, temperature=1.0, alpha=1.0)) == pytest.approx(
-        kl, rel=1e-5
-    )
+    assert float(distillation_loss(student, teacher, None, temperature=1.0, alpha=1.0)) == pytest.approx(kl, rel=1e-5)
 
 
 def test_alpha_mixes_soft_and_hard() -> None:
@@ -95,16 +91,12 @@ def test_staged_folder_leaves_nothing_when_the_block_fails(tmp_path: Path) -> No
 
 
 def test_failed_distillation_leaves_no_artifact(tiny_pair: TinyPair, tmp_path: Path) -> None:
-    bad = _write(
-        tmp_path / "bad.jsonl", ['{"text": "hi", "label": "card"}', '{"text": "x", "label": "weather"}']
-    )
+    bad = _write(tmp_path / "bad.jsonl", ['{"text": "hi", "label": "card"}', '{"text": "x", "label": "weather"}'])
     with pytest.raises(DataError, match=r"bad\.jsonl:2"):
         distill_student(tiny_pair.teacher, bad, tmp_path / "out", BuildOptions(name="s"), layers=[0])
     assert not (tmp_path / "out").exists()
     with pytest.raises(ArtifactError, match="already exists"):
-        distill_student(
-            tiny_pair.teacher, tiny_pair.data, tiny_pair.student, BuildOptions(name="s"), layers=[0]
-        )
+        distill_student(tiny_pair.teacher, tiny_pair.data, tiny_pair.student, BuildOptions(name="s"), layers=[0])
 
 
 def test_distilled_student_is_a_servable_artifact(tiny_pair: TinyPair, tmp_path: Path) -> None:

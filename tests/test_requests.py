@@ -58,9 +58,7 @@ def test_single_text_and_list_are_accepted() -> None:
         (b" " * 501, PayloadTooLarge, 413, "501 bytes; the limit (limits.max_body_bytes) is 500"),
     ],
 )
-def test_bad_requests_map_to_their_status(
-    body: bytes, error: type[RequestError], status: int, fragment: str
-) -> None:
+def test_bad_requests_map_to_their_status(body: bytes, error: type[RequestError], status: int, fragment: str) -> None:
     with pytest.raises(error) as caught:
         parse_classify_request(body, LIMITS)
     code, payload = error_response(caught.value)

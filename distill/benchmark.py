@@ -1,0 +1,233 @@
+"""The distillation benchmark: per dataset, a teacher and two students built and measured on this machine.
+
+    cascade benchmark-distill --datasets ../shared/datasets --work runs/bench --output docs/benchmarks
+
+For each dataset it fine-tunes the teacher (the packaged MiniLM), distils a layer-subset student
+(DistilBERT-style) and a bag-of-embeddings student, exports all three to ONNX (fp32 and int8),
+evaluates teacher and students on the dev split in the same run, and writes ``distill.json`` and
+``distill.md`` with the command, the machine, the wall time of every run, and the targets.
+Models go to ``--work`` (not the repo). Datasets stay where they are; nothing is copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.build import BuildOptions, distill_student, finetune_teacher
+from distill.evaluate import evaluate_pair
+from distill.training import TrainSettings
+
+
+@dataclass
+class DatasetPlan:
+    name: str
+    train_limit: int | None = None
+    """Subsample the training split to this many rows (stated in the results)."""
+    teacher: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=6, learning_rate=1.5e-4, patience=2))
+    layer_student: TrainSettings = field(
+        default_factory=lambda: TrainSettings(epochs=8, learning_rate=3e-4, temperature=2.0, alpha=0.5, patience=2)
+    )
+    bag_student: TrainSettings = field(
+        default_factory=lambda: TrainSettings(
+            epochs=30,
+            learning_rate=3e-3,
+            batch_size=64,
+            temperature=2.0,
+            alpha=0.5,
+            patience=4,
+            weight_decay=0.0,
+        )
+    )
+    max_length: int = 64
+
+
+PLANS = {
+    "banking77": DatasetPlan("banking77"),
+    "clinc150": DatasetPlan("clinc150", teacher=TrainSettings(epochs=4, learning_rate=1.5e-4, patience=2)),
+    "sst2": DatasetPlan("sst2", train_limit=12_000, teacher=TrainSettings(epochs=3, learning_rate=5e-5, patience=1)),
+}
+PUBLISHED_BERT_BASE = {"banking77": 93.7, "sst2": 92.7}  # BANKING77 (Casanueva et al. 2020), SST-2 dev (GLUE)
+LAYER_STUDENT_LAYERS = [0, 5]
+
+
+def _subsample(path: Path, limit: int | None, work: Path) -> Path:
+    if limit is None:
+        return path
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) <= limit:
+        return path
+    chosen = random.Random(0).sample(lines, limit)
+    target = work / f"{path.stem}.sample{limit}.jsonl"
+    target.write_text("\n".join(chosen) + "\n", encoding="utf-8")
+    return target
+
+
+def run_dataset(plan: DatasetPlan, datasets: Path, work: Path, threads: int) -> dict[str, Any]:
+    folder = datasets / plan.name
+    work = work / plan.name
+    work.mkdir(parents=True, exist_ok=True)
+    train = _subsample(folder / "train.jsonl", plan.train_limit, work)
+    dev = folder / "dev.jsonl"
+    timings: dict[str, float] = {}
+
+    def options(name: str, settings: TrainSettings) -> BuildOptions:
+        return BuildOptions(name=name, max_length=plan.max_length, train=settings, int8=True, overwrite=True)
+
+    started = time.perf_counter()
+    finetune_teacher(train, work / "teacher", options(f"{plan.name}-teacher", plan.teacher), dev_path=dev)
+    timings["teacher_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    distill_student(
+        work / "teacher",
+        train,
+        work / "student-layers",
+        options(f"{plan.name}-student-layers", plan.layer_student),
+        layers=LAYER_STUDENT_LAYERS,
+        dev_path=dev,
+    )
+    timings["student_layers_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    distill_student(
+        work / "teacher",
+        train,
+        work / "student-bag",
+        options(f"{plan.name}-student-bag", plan.bag_student),
+        shape="bag_of_embeddings",
+        dev_path=dev,
+    )
+    timings["student_bag_s"] = time.perf_counter() - started
+
+    evaluations = {
+        kind: evaluate_pair(str(work / "teacher"), str(work / f"student-{kind}"), dev, threads=threads)
+        for kind in ("layers", "bag")
+    }
+    return {
+        "dataset": plan.name,
+        "train_rows": sum(1 for _ in train.open(encoding="utf-8")),
+        "train_subsampled_to": plan.train_limit,
+        "settings": {
+            "teacher": asdict(plan.teacher),
+            "layer_student": {**asdict(plan.layer_student), "layers": LAYER_STUDENT_LAYERS},
+            "bag_student": asdict(plan.bag_student),
+            "max_length": plan.max_length,
+        },
+        "wall_time_s": {k: round(v, 1) for k, v in timings.items()},
+        "evaluation": evaluations,
+    }
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _targets(result: dict[str, Any]) -> list[str]:
+    ev = result["evaluation"]
+    lines = []
+    layers, bag = ev["layers"], ev["bag"]
+    ratio_key = "onnx_fp32_batch32"
+    kept = layers["accuracy_kept"]
+    ratio = layers["cpu_time_ratio"].get(ratio_key)
+    lines.append(
+        f"layer student keeps {kept:.1%} of teacher accuracy at {ratio:.3f}× its CPU time "
+        f"({ratio_key}); target ≥ 97% at ≤ 0.333: {'met' if kept >= 0.97 and ratio <= 1 / 3 else 'NOT met'}"
+    )
+    bag_ratio = bag["cpu_time_ratio"].get(ratio_key)
+    lines.append(
+        f"bag student at {bag_ratio:.3f}× teacher CPU time ({ratio_key}), accuracy kept {bag['accuracy_kept']:.1%}; "
+        f"target ≤ 0.1: {'met' if bag_ratio <= 0.1 else 'NOT met'}"
+    )
+    published = PUBLISHED_BERT_BASE.get(result["dataset"])
+    teacher_accuracy = 100 * layers["teacher"]["accuracy"]
+    if published:
+        gap = published - teacher_accuracy
+        lines.append(
+            f"teacher {teacher_accuracy:.1f} vs published BERT-base {published}: gap {gap:.1f} points; "
+            f"target ≤ 2: {'met' if gap <= 2 else 'NOT met'}"
+        )
+    else:
+        lines.append(f"teacher {teacher_accuracy:.1f} (no published BERT-base figure on this split)")
+    return lines
+
+
+def write_report(results: list[dict[str, Any]], command: str, output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    machine_info = machine()
+    payload = {"command": command, "machine": machine_info, "results": results}
+    (output / "distill.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    lines = [
+        "# Distillation benchmark",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine_info['cpus']} CPUs, {machine_info['platform']}, "
+        f"torch {machine_info['torch']}, onnxruntime {machine_info['onnxruntime']}.",
+        "CPU time per example is measured with 1 thread for every model, dev split, same run.",
+        "",
+    ]
+    for result in results:
+        lines += [f"## {result['dataset']}", ""]
+        if result["train_subsampled_to"]:
+            lines.append(f"Training split subsampled to {result['train_subsampled_to']} rows (seed 0) to fit 2 cores.")
+        lines.append(f"Wall time of each run (s): {result['wall_time_s']}")
+        lines += [
+            "",
+            "| model | accuracy | macro-F1 | params | torch b1 | torch b32 | onnx b1 | onnx b32 | int8 b32 |",
+        ]
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        ev = result["evaluation"]
+        rows = [
+            ("teacher", ev["layers"]["teacher"]),
+            ("student (layers)", ev["layers"]["student"]),
+            ("student (bag)", ev["bag"]["student"]),
+        ]
+        for name, report in rows:
+            t = report["timing"]
+
+            def ms(key: str, timing: dict[str, Any] = t) -> str:
+                return f"{timing[key]['cpu_ms_per_example']:.2f}" if key in timing else "-"
+
+            lines.append(
+                f"| {name} | {report['accuracy']:.4f} | {report['macro_f1']:.4f} | {report['parameters']:,} | "
+                f"{ms('torch_batch1')} | {ms('torch_batch32')} | "
+                f"{ms('onnx_fp32_batch1')} | {ms('onnx_fp32_batch32')} | "
+                f"{ms('onnx_int8_batch32')} |"
+            )
+        lines += ["", "(CPU ms per example.)", ""]
+        lines += [f"- {line}" for line in _targets(result)]
+        lines += [
+            f"- agreement with the teacher: layers {ev['layers']['agreement']:.4f}, bag {ev['bag']['agreement']:.4f}",
+            "",
+        ]
+    (output / "distill.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run_benchmark(
+    datasets: Path, work: Path, output: Path, names: list[str], threads: int, command: str
+) -> list[dict[str, Any]]:
+    results = []
+    for name in names:
+        results.append(run_dataset(PLANS[name], datasets, work, threads))
+        write_report(results, command, output)  # after each dataset: a crash keeps what was measured
+    return results

@@ -1,0 +1,41 @@
+"""Evaluation metrics, the bag-of-embeddings student, and the evaluate report on tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distill.build import BuildOptions, distill_student
+from distill.evaluate import evaluate_pair, format_table, macro_f1
+from distill.training import TrainSettings
+from serving.artifact import resolve_model
+from serving.backends import load_backend
+from tests.builders import LABELS, TinyPair
+
+
+def test_macro_f1_known_values() -> None:
+    assert macro_f1([0, 1, 2], [0, 1, 2], 3) == 1.0
+    # label 0: tp=1 fp=1 fn=0 → 2/3; label 1: tp=0 fp=0 fn=1 → 0
+    assert macro_f1([0, 0], [0, 1], 2) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_bag_of_embeddings_student_is_servable_and_reported(tiny_pair: TinyPair, tmp_path: Path) -> None:
+    options = BuildOptions(name="tiny-bag", max_length=16, int8=True, train=TrainSettings(epochs=2, batch_size=4))
+    manifest = distill_student(
+        tiny_pair.teacher, tiny_pair.data, tmp_path / "bag", options, shape="bag_of_embeddings", bag_hidden_size=16
+    )
+    assert manifest.training["shape"] == {"kind": "bag_of_embeddings", "hidden_size": 16}
+    assert manifest.metrics["onnx_fp32_max_abs_prob_diff"] <= 1e-4
+    assert 0.0 <= manifest.metrics["onnx_int8_top1_agreement_with_fp32"] <= 1.0
+    ref = resolve_model(str(tmp_path / "bag"))
+    assert load_backend(ref, backend="torch").logits(["hello"]).shape == (1, len(LABELS))
+
+    report = evaluate_pair(str(tiny_pair.teacher), str(tmp_path / "bag"), tiny_pair.data, timing_examples=4)
+    assert set(report["student"]["timing"]) == {
+        f"{b}_batch{n}" for b in ("torch", "onnx_fp32", "onnx_int8") for n in (1, 32)
+    }
+    assert set(report["teacher"]["timing"]) == {"torch_batch1", "torch_batch32"}
+    assert report["student"]["parameters"] > 0 and report["student"]["size_on_disk"]["onnx_int8_bytes"] > 0
+    assert 0.0 <= report["agreement"] <= 1.0
+    assert "agreement student-teacher" in format_table(report)

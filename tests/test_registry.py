@@ -1,0 +1,89 @@
+"""The model registry: versions, atomic promotion, rollback, and serving by registry reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serving.artifact import MANIFEST_NAME, resolve_model
+from serving.errors import ArtifactError
+from serving.registry import Registry
+from tests.builders import TinyPair
+
+
+def _version_of(artifact: Path, tmp_path: Path, version: str) -> Path:
+    """A copy of ``artifact`` whose manifest says ``version`` (checksums stay valid: the manifest is not listed)."""
+    copy = tmp_path / f"v{version}"
+    shutil.copytree(artifact, copy)
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest["version"] = version
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.fixture
+def registry(tiny_pair: TinyPair, tmp_path: Path) -> Registry:
+    registry = Registry(tmp_path / "registry")
+    for version in ("1", "2"):
+        registry.add(_version_of(tiny_pair.student, tmp_path, version))
+    registry.add(tiny_pair.teacher)
+    return registry
+
+
+def test_promote_rollback_and_serve_by_reference(registry: Registry) -> None:
+    assert [(e.name, e.version) for e in registry.entries()] == [
+        ("tiny-student", "1"),
+        ("tiny-student", "2"),
+        ("tiny-teacher", "1"),
+    ]
+    assert registry.current("student") is None
+    with pytest.raises(ArtifactError, match="no version of student has been promoted"):
+        resolve_model(f"registry:{registry.root}/student")
+
+    registry.promote("student", "tiny-student", "1")
+    registry.promote("student", "tiny-student", "2", reason="better agreement")
+    assert resolve_model(f"registry:{registry.root}/student").version == "tiny-student:2"
+
+    assert registry.rollback("student").version == "1"
+    assert resolve_model(f"registry:{registry.root}/student").version == "tiny-student:1"
+    with pytest.raises(ArtifactError, match="nothing to roll back to"):
+        registry.rollback("student")
+
+
+def test_promotion_checks_role_and_existence(registry: Registry) -> None:
+    with pytest.raises(ArtifactError, match="is a teacher, not a student"):
+        registry.promote("student", "tiny-teacher", "1")
+    with pytest.raises(ArtifactError, match="tiny-student:9 is not in the registry"):
+        registry.promote("student", "tiny-student", "9")
+    with pytest.raises(ArtifactError, match="already in the registry"):
+        registry.add(registry.path_of("tiny-student", "1"))
+
+
+def test_a_crash_midway_through_promotion_leaves_the_old_pointer(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.promote("student", "tiny-student", "1")
+    pointer = registry.root / "roles" / "student.json"
+    before = pointer.read_bytes()
+
+    def crash(*_: object) -> None:
+        raise KeyboardInterrupt("killed between writing the new pointer and renaming it")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        registry.promote("student", "tiny-student", "2")
+    monkeypatch.undo()
+    assert pointer.read_bytes() == before
+    assert registry.current("student").version == "1"  # type: ignore[union-attr]
+
+
+def test_a_tampered_registry_entry_is_refused(registry: Registry) -> None:
+    registry.promote("student", "tiny-student", "1")
+    with (registry.path_of("tiny-student", "1") / "config.json").open("a") as handle:
+        handle.write(" ")
+    with pytest.raises(ArtifactError, match="checksum"):
+        resolve_model(f"registry:{registry.root}/student")
