@@ -31,7 +31,7 @@ class DatasetPlan:
     name: str
     train_limit: int | None = None
     """Subsample the training split to this many rows (stated in the results)."""
-    teacher: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=6, learning_rate=1.5e-4, patience=2))
+    teacher: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=8, learning_rate=2e-4, patience=2))
     layer_student: TrainSettings = field(
         default_factory=lambda: TrainSettings(epochs=8, learning_rate=3e-4, temperature=2.0, alpha=0.5, patience=2)
     )
@@ -51,7 +51,7 @@ class DatasetPlan:
 
 PLANS = {
     "banking77": DatasetPlan("banking77"),
-    "clinc150": DatasetPlan("clinc150", teacher=TrainSettings(epochs=4, learning_rate=1.5e-4, patience=2)),
+    "clinc150": DatasetPlan("clinc150", teacher=TrainSettings(epochs=5, learning_rate=2e-4, patience=2)),
     "sst2": DatasetPlan("sst2", train_limit=12_000, teacher=TrainSettings(epochs=3, learning_rate=5e-5, patience=1)),
 }
 PUBLISHED_BERT_BASE = {"banking77": 93.7, "sst2": 92.7}  # BANKING77 (Casanueva et al. 2020), SST-2 dev (GLUE)
