@@ -147,6 +147,25 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def length_bucketed_batches(
+    lengths: torch.Tensor, batch_size: int, generator: torch.Generator, pool_batches: int = 50
+) -> list[torch.Tensor]:
+    """Shuffled batches of rows of similar length: each batch is then trimmed to its longest row.
+
+    Rows are shuffled, cut into pools of ``pool_batches`` batches, sorted by length within a pool, and
+    the resulting batches shuffled again: random enough for SGD, and on short-text data it roughly
+    halves the padded tokens (and the time) of an epoch on a CPU.
+    """
+    order = torch.randperm(len(lengths), generator=generator)
+    pool = batch_size * pool_batches
+    batches: list[torch.Tensor] = []
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean())
 
@@ -170,6 +189,7 @@ def train(
         optimizer,
         lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1))),
     )
+    lengths = data.attention_mask.sum(dim=1)
     result = TrainResult(best_epoch=0, best_dev_accuracy=None)
     best_state: dict[str, torch.Tensor] | None = None
     best_key: tuple[float, float] | None = None
@@ -177,10 +197,8 @@ def train(
     progress = tqdm(total=total_steps, desc=description, unit="step", dynamic_ncols=True)
     for epoch in range(1, settings.epochs + 1):
         model.train()
-        order = torch.randperm(len(data), generator=generator)
         running = 0.0
-        for step, start in enumerate(range(0, len(data), settings.batch_size), start=1):
-            rows = order[start : start + settings.batch_size]
+        for step, rows in enumerate(length_bucketed_batches(lengths, settings.batch_size, generator), start=1):
             mask = data.attention_mask[rows]
             width = int(mask.sum(dim=1).max())
             logits = model(input_ids=data.input_ids[rows][:, :width], attention_mask=mask[:, :width]).logits
