@@ -1,0 +1,163 @@
+"""The cost–quality trade-off of a cascade, a threshold chosen for a user's target, and the oracle.
+
+Inputs are per-request arrays from a dev set: the student's confidence, whether the student and the
+teacher are right (with gold labels) or whether the student agrees with the teacher (without; the
+teacher is then right by definition). Every point of the curve is "escalate when confidence < τ".
+
+- ``sweep``: one point per distinct τ: escalation rate, accuracy (or agreement), cost per 1,000.
+- ``choose_threshold``: the τ that meets one target (max quality loss, max escalation, max cost).
+- ``oracle``: escalates exactly the requests the student gets wrong: the best any router can do.
+- ``random_routing``: escalates the same share at random: what a router that knows nothing does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from router.cost import CostModel
+
+Target = Literal["max_quality_loss", "max_escalation", "max_cost"]
+
+
+@dataclass(frozen=True)
+class Point:
+    threshold: float
+    escalation_rate: float
+    quality: float
+    """Cascade accuracy (gold labels) or agreement with the teacher (without)."""
+    dollars_per_1000: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    confidence: np.ndarray
+    student_correct: np.ndarray
+    teacher_correct: np.ndarray
+
+    @classmethod
+    def from_arrays(
+        cls, confidence: ArrayLike, student_correct: ArrayLike, teacher_correct: ArrayLike | None = None
+    ) -> Outcomes:
+        """Without ``teacher_correct`` the quality is agreement with the teacher (teacher always right)."""
+        c = np.asarray(confidence, dtype=np.float64)
+        s = np.asarray(student_correct, dtype=bool)
+        t = np.ones_like(s) if teacher_correct is None else np.asarray(teacher_correct, dtype=bool)
+        if not (c.shape == s.shape == t.shape) or c.ndim != 1 or c.size == 0:
+            raise ValueError(f"need three equal, non-empty 1-d arrays, got {c.shape}, {s.shape}, {t.shape}")
+        return cls(c, s, t)
+
+    @property
+    def size(self) -> int:
+        return int(self.confidence.size)
+
+    @property
+    def teacher_quality(self) -> float:
+        return float(self.teacher_correct.mean())
+
+    @property
+    def student_quality(self) -> float:
+        return float(self.student_correct.mean())
+
+    def at(self, threshold: float, cost: CostModel) -> Point:
+        escalate = self.confidence < threshold
+        quality = float(np.where(escalate, self.teacher_correct, self.student_correct).mean())
+        rate = float(escalate.mean())
+        return Point(threshold, rate, quality, cost.per_thousand(cost.cascade_dollars(rate)))
+
+
+def candidate_thresholds(confidence: np.ndarray) -> list[float]:
+    """0 (never escalate), each distinct confidence (escalate everything strictly below it), and above 1."""
+    return [0.0, *sorted(set(np.round(confidence, 6).tolist())), math.nextafter(1.0, 2.0)]
+
+
+def sweep(outcomes: Outcomes, cost: CostModel) -> list[Point]:
+    return [outcomes.at(t, cost) for t in candidate_thresholds(outcomes.confidence)]
+
+
+def oracle(outcomes: Outcomes, cost: CostModel) -> Point:
+    """Escalate exactly the requests the student gets wrong (where the teacher could help)."""
+    escalate = ~outcomes.student_correct
+    rate = float(escalate.mean())
+    quality = float(np.where(escalate, outcomes.teacher_correct, True).mean())
+    return Point(float("nan"), rate, quality, cost.per_thousand(cost.cascade_dollars(rate)))
+
+
+def random_routing(outcomes: Outcomes, escalation_rate: float, cost: CostModel) -> Point:
+    """Expected quality when a share ``escalation_rate`` is escalated at random."""
+    quality = (1 - escalation_rate) * outcomes.student_quality + escalation_rate * outcomes.teacher_quality
+    return Point(float("nan"), escalation_rate, quality, cost.per_thousand(cost.cascade_dollars(escalation_rate)))
+
+
+def choose_threshold(outcomes: Outcomes, cost: CostModel, target: Target, value: float) -> Point:
+    """The threshold that meets ``target`` at ``value``:
+
+    - ``max_quality_loss``: quality at most ``value`` points (percent) below the teacher's, lowest cost;
+    - ``max_escalation``: escalation rate at most ``value`` (0–1), best quality;
+    - ``max_cost``: at most ``value`` dollars per 1,000 requests, best quality.
+    Ties go to the cheaper point. Raises ValueError when no threshold meets the target.
+    """
+    points = sweep(outcomes, cost)
+    if target == "max_quality_loss":
+        floor = outcomes.teacher_quality - value / 100
+        feasible = [p for p in points if p.quality >= floor - 1e-12]
+        best = min(feasible, key=lambda p: (p.dollars_per_1000, -p.quality), default=None)
+    elif target == "max_escalation":
+        feasible = [p for p in points if p.escalation_rate <= value + 1e-12]
+        best = max(feasible, key=lambda p: (p.quality, -p.dollars_per_1000), default=None)
+    elif target == "max_cost":
+        feasible = [p for p in points if p.dollars_per_1000 <= value + 1e-12]
+        best = max(feasible, key=lambda p: (p.quality, -p.dollars_per_1000), default=None)
+    else:
+        raise ValueError(f"target must be max_quality_loss, max_escalation or max_cost, got {target!r}")
+    if best is None:
+        raise ValueError(f"no threshold meets {target} = {value} on this dev set")
+    return best
+
+
+def wilson_interval(successes: float, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: how far the dev-set estimate may be from live traffic."""
+    if trials <= 0:
+        raise ValueError("trials must be > 0")
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def savings_share_of_oracle(chosen: Point, outcomes: Outcomes, cost: CostModel) -> float:
+    """(teacher-only cost − cascade cost) / (teacher-only cost − oracle cost)."""
+    teacher_only = cost.per_thousand(cost.teacher_dollars)
+    oracle_point = oracle(outcomes, cost)
+    possible = teacher_only - oracle_point.dollars_per_1000
+    return (teacher_only - chosen.dollars_per_1000) / possible if possible > 0 else float("nan")
+
+
+def summary(outcomes: Outcomes, cost: CostModel, chosen: Point) -> dict[str, Any]:
+    """Reference points on the same axes as the curve, and the chosen point's standing against them."""
+    n = outcomes.size
+    return {
+        "examples": n,
+        "chosen": chosen.as_dict(),
+        "escalation_rate_95ci": wilson_interval(chosen.escalation_rate * n, n),
+        "quality_95ci": wilson_interval(chosen.quality * n, n),
+        "teacher_only": {
+            "quality": outcomes.teacher_quality,
+            "dollars_per_1000": cost.per_thousand(cost.teacher_dollars),
+        },
+        "student_only": {
+            "quality": outcomes.student_quality,
+            "dollars_per_1000": cost.per_thousand(cost.student_dollars),
+        },
+        "oracle": oracle(outcomes, cost).as_dict(),
+        "random_at_same_escalation": random_routing(outcomes, chosen.escalation_rate, cost).as_dict(),
+        "share_of_oracle_savings": savings_share_of_oracle(chosen, outcomes, cost),
+    }

@@ -1,0 +1,111 @@
+"""Calibration and thresholds on synthetic data whose right answer is known."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from router.calibration import expected_calibration_error, fit_temperature, negative_log_likelihood
+from router.cost import CostModel
+from router.signals import softmax
+from router.tradeoff import (
+    Outcomes,
+    choose_threshold,
+    oracle,
+    random_routing,
+    savings_share_of_oracle,
+    sweep,
+    wilson_interval,
+)
+
+
+def _calibrated_source(n: int = 20_000, k: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits whose softmax is the true label distribution: labels are drawn from it."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=2.0, size=(n, k))
+    probs = softmax(logits)
+    labels = np.array([rng.choice(k, p=p) for p in probs])
+    return logits, labels
+
+
+def test_fitted_temperature_is_one_for_a_calibrated_source() -> None:
+    logits, labels = _calibrated_source()
+    assert fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.05)
+    assert expected_calibration_error(softmax(logits), labels) < 0.02
+
+
+@pytest.mark.parametrize("factor", [2.0, 3.5])
+def test_fitted_temperature_undoes_known_over_confidence(factor: float) -> None:
+    logits, labels = _calibrated_source(seed=1)
+    over_confident = logits * factor
+    temperature = fit_temperature(over_confident, labels)
+    assert temperature == pytest.approx(factor, rel=0.08)
+    before = expected_calibration_error(softmax(over_confident), labels)
+    after = expected_calibration_error(softmax(over_confident, temperature), labels)
+    assert after < before / 3
+    assert negative_log_likelihood(over_confident, labels, temperature) < negative_log_likelihood(
+        over_confident, labels
+    )
+
+
+def test_fit_temperature_rejects_mismatched_inputs() -> None:
+    with pytest.raises(ValueError, match="as many labels"):
+        fit_temperature(np.zeros((3, 2)), np.zeros(2, dtype=int))
+
+
+COST = CostModel(
+    student_seconds_per_request=0.001,
+    teacher_seconds_per_request=0.01,
+    student_dollars_per_hour=3.6,
+    teacher_dollars_per_hour=3.6,
+)
+
+
+def test_cost_model_known_values() -> None:
+    assert COST.student_dollars == pytest.approx(0.001 * 3.6 / 3600)
+    assert COST.per_thousand(COST.cascade_dollars(0.5)) == pytest.approx(1000 * (1e-6 + 0.5 * 1e-5))
+    with pytest.raises(ValueError, match="teacher_seconds_per_request"):
+        CostModel(0.1, -1.0)
+
+
+# Ten requests: the student is wrong on the three least confident, the teacher always right.
+CONFIDENCE = [0.1, 0.2, 0.3, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95, 0.99]
+STUDENT_RIGHT = [False, False, False, True, True, True, True, True, True, True]
+OUTCOMES = Outcomes.from_arrays(CONFIDENCE, STUDENT_RIGHT)
+
+
+def test_sweep_spans_student_only_to_teacher_only() -> None:
+    points = sweep(OUTCOMES, COST)
+    assert points[0].escalation_rate == 0 and points[0].quality == pytest.approx(0.7)
+    assert points[-1].escalation_rate == 1 and points[-1].quality == 1
+    assert all(a.dollars_per_1000 <= b.dollars_per_1000 for a, b in itertools.pairwise(points))
+
+
+def test_thresholds_for_each_kind_of_target() -> None:
+    lossless = choose_threshold(OUTCOMES, COST, "max_quality_loss", 0.0)
+    assert lossless.quality == 1.0 and lossless.escalation_rate == pytest.approx(0.3)  # exactly the oracle here
+    assert choose_threshold(OUTCOMES, COST, "max_escalation", 0.2).quality == pytest.approx(0.9)
+    budget = COST.per_thousand(COST.cascade_dollars(0.1))
+    assert choose_threshold(OUTCOMES, COST, "max_cost", budget).escalation_rate == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="no threshold meets"):
+        choose_threshold(OUTCOMES, COST, "max_cost", 0.0)
+
+
+def test_oracle_random_and_share_of_savings() -> None:
+    best = oracle(OUTCOMES, COST)
+    assert best.escalation_rate == pytest.approx(0.3) and best.quality == 1.0
+    assert random_routing(OUTCOMES, 0.3, COST).quality == pytest.approx(0.7 + 0.3 * 0.3)
+    chosen = choose_threshold(OUTCOMES, COST, "max_quality_loss", 0.0)
+    assert savings_share_of_oracle(chosen, OUTCOMES, COST) == pytest.approx(1.0)
+    # Escalating everything pays the student on top of the teacher: negative savings.
+    everything = OUTCOMES.at(2.0, COST)
+    assert savings_share_of_oracle(everything, OUTCOMES, COST) == pytest.approx((0.01 - 0.011) / (0.01 - 0.004))
+
+
+def test_wilson_interval_known_value() -> None:
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
+    assert math.isclose(sum(wilson_interval(0, 10)), wilson_interval(0, 10)[1])
