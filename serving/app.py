@@ -24,7 +24,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router import CascadePolicy
+from router import CascadePolicy, Signal
 from serving import constants as c
 from serving.artifact import ModelRef, check_same_labels, resolve_model
 from serving.backends import load_backend
@@ -155,9 +155,14 @@ class Gateway:
         """Apply ``cascade`` and ``limits`` live (Ray Serve calls this on a config change)."""
         self._limits = LimitSettings.model_validate(user_config.get("limits", {}))
         cascade = CascadeSettings.model_validate(user_config.get("cascade", {}))
-        temperature = cascade.temperature or self._roles["student"]["temperature"]
-        self._cascade = cascade
-        self._policy = CascadePolicy(cascade.threshold, cascade.signal, temperature)
+        calibrated = self._roles["student"].get("calibration") or {}
+        self._policy = CascadePolicy(
+            threshold=cascade.threshold
+            if cascade.threshold is not None
+            else calibrated.get("threshold", c.DEFAULT_THRESHOLD),
+            signal=cascade.signal or Signal(calibrated.get("signal", c.DEFAULT_SIGNAL)),
+            temperature=cascade.temperature or self._roles["student"]["temperature"],
+        )
 
     async def _call(self, role: str, texts: list[str]) -> np.ndarray:
         """Send ``texts`` to a role in chunks that fit its batch, concurrently; map Ray's errors."""
@@ -239,6 +244,9 @@ def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
         "version": ref.version,
         "labels": list(ref.labels),
         "temperature": ref.temperature,
+        "calibration": {k: ref.manifest.calibration[k] for k in ("signal", "threshold")}
+        if ref.manifest is not None and ref.manifest.calibration
+        else None,
         "backend": "onnx" if settings.backend == "onnx" or (settings.backend == "auto" and ref.has_onnx) else "torch",
         "device": settings.device,
         "max_batch_size": settings.batching.max_batch_size,

@@ -45,6 +45,8 @@ class Manifest(BaseModel):
     """The teacher version a student was distilled from."""
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    calibration: dict[str, Any] = Field(default_factory=dict)
+    """Set by ``cascade calibrate``: signal, threshold, target, expectations, reference confidences."""
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     files: dict[str, str] = Field(default_factory=dict)
 

@@ -201,8 +201,57 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from distill.calibrate import calibrate_artifacts
+
+    targets = [
+        (k, v)
+        for k, v in (
+            ("max_quality_loss", args.max_quality_loss),
+            ("max_escalation", args.max_escalation),
+            ("max_cost", args.max_cost),
+        )
+        if v is not None
+    ]
+    if len(targets) != 1:
+        raise CascadeError("name exactly one target: --max-quality-loss, --max-escalation or --max-cost")
+    ((target, value),) = targets
+    report = calibrate_artifacts(
+        args.teacher,
+        args.student,
+        args.data,
+        target,  # type: ignore[arg-type]
+        value,
+        write=not args.dry_run,
+        threads=args.threads,
+        student_price=args.student_price,
+        teacher_price=args.teacher_price,
+    )
+    expected = report["expected"]
+    chosen = expected["chosen"]
+    low, high = expected["escalation_rate_95ci"]
+    q_low, q_high = expected["quality_95ci"]
+    print(f"temperature {report['temperature']:.3f} (ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f})")
+    print(f"signal {report['signal']}, threshold {chosen['threshold']:.4f} for {target} = {value}")
+    print(f"expected on live traffic ({expected['examples']} dev examples, 95% intervals):")
+    print(f"  escalation rate {chosen['escalation_rate']:.3f} [{low:.3f}, {high:.3f}]")
+    teacher_only = expected["teacher_only"]
+    print(f"  {report['quality_measure']} {chosen['quality']:.4f} [{q_low:.4f}, {q_high:.4f}]")
+    print(f"  teacher only: {teacher_only['quality']:.4f} at ${teacher_only['dollars_per_1000']:.5f} per 1,000")
+    print(f"  cost ${chosen['dollars_per_1000']:.5f} per 1,000")
+    print(f"  share of the oracle's savings {expected['share_of_oracle_savings']:.3f}")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print("written to the student's manifest" if not args.dry_run else "dry run: nothing written")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from distill.evaluate import evaluate_pair, format_table
+
+    if args.curve:
+        return _write_curve(args)
 
     report = evaluate_pair(
         str(args.teacher),
@@ -217,6 +266,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"written to {args.output}")
+    return 0
+
+
+def _write_curve(args: argparse.Namespace) -> int:
+    from distill.calibrate import cost_model, curve, plot_curve, predict
+    from router import Signal
+    from serving.artifact import resolve_model
+
+    teacher, student = resolve_model(args.teacher), resolve_model(args.student)
+    predictions = predict(teacher, student, args.data, threads=args.threads, max_length=args.max_length)
+    calibration = student.manifest.calibration if student.manifest is not None else {}
+    result = curve(
+        predictions,
+        temperature=student.temperature,
+        signal=Signal(calibration.get("signal", "max_prob")),
+        cost=cost_model(predictions, student_price=args.student_price, teacher_price=args.teacher_price),
+        chosen_threshold=calibration.get("threshold"),
+    )
+    output = args.output or Path("curve.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    plot_curve(result, output.with_suffix(".png"), f"{student.version} vs {teacher.version}")
+    if "chosen" in result:
+        print(
+            f"share of the oracle's savings at the chosen threshold: {result['chosen']['share_of_oracle_savings']:.3f}"
+        )
+    print(f"written {output} and {output.with_suffix('.png')}")
     return 0
 
 
@@ -278,6 +354,17 @@ def _add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
+def _add_price_arguments(parser: argparse.ArgumentParser) -> None:
+    from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, DEFAULT_GPU_NODE_DOLLARS_PER_HOUR
+
+    parser.add_argument(
+        "--student-price", type=float, default=DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, help="student node $/hour (CPU)"
+    )
+    parser.add_argument(
+        "--teacher-price", type=float, default=DEFAULT_GPU_NODE_DOLLARS_PER_HOUR, help="teacher node $/hour (GPU)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascade", description="cascade-gateway: a distilled student, a teacher, one endpoint."
@@ -329,7 +416,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, default=1, help="threads per model while timing (default 1)")
     evaluate.add_argument("--max-length", type=int, default=64)
     evaluate.add_argument("--limit", type=int, help="evaluate on the first N rows only")
+    evaluate.add_argument("--curve", action="store_true", help="cost–quality curve against the oracle: JSON + PNG")
+    _add_price_arguments(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    calibrate = commands.add_parser("calibrate", help="fit temperature and pick the signal and threshold for a target")
+    calibrate.add_argument("--teacher", required=True)
+    calibrate.add_argument("--student", required=True, help="its manifest receives the calibration")
+    calibrate.add_argument("--data", required=True, type=Path, help="dev JSONL (gold labels optional)")
+    calibrate.add_argument("--max-quality-loss", type=float, help="points of accuracy below the teacher, at least cost")
+    calibrate.add_argument("--max-escalation", type=float, help="share of requests sent to the teacher (0-1)")
+    calibrate.add_argument("--max-cost", type=float, help="dollars per 1,000 requests")
+    calibrate.add_argument("--threads", type=int, default=1)
+    calibrate.add_argument("--output", type=Path, help="also write the full report as JSON")
+    calibrate.add_argument("--dry-run", action="store_true", help="print, write nothing into the manifest")
+    _add_price_arguments(calibrate)
+    calibrate.set_defaults(func=_cmd_calibrate)
 
     models = commands.add_parser("models", help="the model registry: list, add, show, promote, rollback")
     models.add_argument("action", choices=["list", "add", "show", "promote", "rollback"])

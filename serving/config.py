@@ -53,11 +53,13 @@ class LimitSettings(_Strict):
 class CascadeSettings(_Strict):
     """The escalation rule; applied live.
 
-    ``temperature`` left unset means: use the student's calibrated temperature from its manifest.
+    Anything left unset comes from the student's manifest as ``cascade calibrate`` wrote it
+    (temperature; signal and threshold chosen for a target), and failing that from the defaults
+    (max_prob, 0.7, temperature 1).
     """
 
-    signal: Signal = Signal(c.DEFAULT_SIGNAL)
-    threshold: NonNegativeFloat = c.DEFAULT_THRESHOLD
+    signal: Signal | None = None
+    threshold: NonNegativeFloat | None = None
     temperature: float | None = Field(None, gt=0)
 
 

@@ -1,0 +1,269 @@
+"""Calibrate a student for the cascade, and draw the cost–quality curve against the oracle.
+
+``calibrate``: run teacher and student on a dev file, fit the student's temperature (NLL), measure
+each role's compute seconds per request on this machine, then for every signal pick the threshold
+that meets the user's target and keep the best signal. The choice (temperature, signal, threshold,
+what to expect live, and the reference confidence distribution that drift checks compare against)
+is written into the student's manifest, where the gateway reads it.
+
+``curve``: the same predictions, swept over every threshold, written as JSON and a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.data import read_jsonl
+from distill.evaluate import time_backend
+from router import Signal, confidence, softmax
+from router.calibration import expected_calibration_error, fit_temperature
+from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, DEFAULT_GPU_NODE_DOLLARS_PER_HOUR, CostModel
+from router.tradeoff import Outcomes, Point, Target, choose_threshold, oracle, summary, sweep
+from serving.artifact import ModelRef, read_manifest, resolve_model, write_manifest
+from serving.backends import Backend, load_backend
+from serving.errors import ArtifactError
+
+REFERENCE_BINS = 20
+
+
+@dataclass(frozen=True)
+class Predictions:
+    texts: list[str]
+    gold: np.ndarray | None
+    teacher_logits: np.ndarray
+    student_logits: np.ndarray
+    teacher_seconds: float
+    student_seconds: float
+    """Measured compute seconds per request at batch 32 on this machine."""
+
+    def subset(self, rows: np.ndarray) -> Predictions:
+        return Predictions(
+            [self.texts[i] for i in rows],
+            None if self.gold is None else self.gold[rows],
+            self.teacher_logits[rows],
+            self.student_logits[rows],
+            self.teacher_seconds,
+            self.student_seconds,
+        )
+
+
+def _logits(backend: Backend, texts: list[str], batch: int = 64) -> np.ndarray:
+    return np.concatenate([backend.logits(texts[i : i + batch]) for i in range(0, len(texts), batch)])
+
+
+def predict(
+    teacher: ModelRef, student: ModelRef, data_path: str | Path, *, threads: int = 1, max_length: int = 64
+) -> Predictions:
+    if teacher.labels != student.labels:
+        raise ArtifactError("teacher and student label lists differ")
+    data = read_jsonl(data_path, require_labels=False, known_labels=teacher.labels)
+    has_gold = all(label is not None for label in data.labels)
+    gold = np.asarray(data.label_ids(list(teacher.labels))) if has_gold else None
+    backends = {
+        role: load_backend(ref, threads=threads, max_length=max_length)
+        for role, ref in (("teacher", teacher), ("student", student))
+    }
+    timing_texts = data.texts[:256]
+    seconds = {
+        role: time_backend(backend, timing_texts, 32).cpu_ms_per_example / 1000 for role, backend in backends.items()
+    }
+    return Predictions(
+        data.texts,
+        gold,
+        _logits(backends["teacher"], data.texts),
+        _logits(backends["student"], data.texts),
+        seconds["teacher"],
+        seconds["student"],
+    )
+
+
+def outcomes_for(predictions: Predictions, temperature: float, signal: Signal) -> Outcomes:
+    student_probs = softmax(predictions.student_logits, temperature)
+    student_labels = student_probs.argmax(axis=1)
+    teacher_labels = predictions.teacher_logits.argmax(axis=1)
+    scores = confidence(student_probs, signal)
+    if predictions.gold is None:  # without gold labels, quality is agreement with the teacher
+        return Outcomes.from_arrays(scores, student_labels == teacher_labels)
+    return Outcomes.from_arrays(scores, student_labels == predictions.gold, teacher_labels == predictions.gold)
+
+
+def cost_model(predictions: Predictions, *, student_price: float, teacher_price: float) -> CostModel:
+    return CostModel(predictions.student_seconds, predictions.teacher_seconds, student_price, teacher_price)
+
+
+def reference_histogram(scores: np.ndarray) -> dict[str, list[float]]:
+    """Share of dev requests per confidence bin: the distribution live drift (PSI) is measured against."""
+    edges = np.linspace(0.0, 1.0, REFERENCE_BINS + 1)
+    counts, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=edges)
+    return {"edges": edges.round(4).tolist(), "shares": (counts / max(1, counts.sum())).round(6).tolist()}
+
+
+def calibrate(
+    predictions: Predictions,
+    target: Target,
+    value: float,
+    *,
+    student_price: float = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR,
+    teacher_price: float = DEFAULT_GPU_NODE_DOLLARS_PER_HOUR,
+    signals: tuple[Signal, ...] = tuple(Signal),
+) -> dict[str, Any]:
+    """Fit the temperature, then the best (signal, threshold) for the target; return the full report."""
+    cost = cost_model(predictions, student_price=student_price, teacher_price=teacher_price)
+    if predictions.gold is not None:
+        temperature = fit_temperature(predictions.student_logits, predictions.gold)
+        ece_before = expected_calibration_error(softmax(predictions.student_logits), predictions.gold)
+        ece_after = expected_calibration_error(softmax(predictions.student_logits, temperature), predictions.gold)
+    else:  # soft labels from the teacher stand in for gold when there is none
+        temperature = fit_temperature(predictions.student_logits, predictions.teacher_logits.argmax(axis=1))
+        ece_before = ece_after = float("nan")
+    candidates: list[tuple[Point, Signal, Outcomes]] = []
+    for signal in signals:
+        outcomes = outcomes_for(predictions, temperature, signal)
+        try:
+            candidates.append((choose_threshold(outcomes, cost, target, value), signal, outcomes))
+        except ValueError:
+            continue
+    if not candidates:
+        raise ValueError(f"no signal and threshold meet {target} = {value} on this dev set")
+    if target == "max_quality_loss":
+        chosen, signal, outcomes = min(candidates, key=lambda c: (c[0].dollars_per_1000, -c[0].quality))
+    else:
+        chosen, signal, outcomes = max(candidates, key=lambda c: (c[0].quality, -c[0].dollars_per_1000))
+    return {
+        "temperature": temperature,
+        "ece_before": ece_before,
+        "ece_after": ece_after,
+        "signal": signal.value,
+        "threshold": chosen.threshold,
+        "target": {"kind": target, "value": value},
+        "quality_measure": "accuracy" if predictions.gold is not None else "agreement_with_teacher",
+        "cost_model": {
+            "student_seconds_per_request": cost.student_seconds_per_request,
+            "teacher_seconds_per_request": cost.teacher_seconds_per_request,
+            "student_dollars_per_hour": cost.student_dollars_per_hour,
+            "teacher_dollars_per_hour": cost.teacher_dollars_per_hour,
+        },
+        "expected": summary(outcomes, cost, chosen),
+        "reference_confidence": reference_histogram(outcomes.confidence),
+    }
+
+
+def write_calibration(student_folder: Path, report: dict[str, Any]) -> None:
+    """Store temperature and the cascade choice in the student's manifest (checksums rewritten)."""
+    manifest = read_manifest(student_folder)
+    calibration = {k: report[k] for k in ("signal", "threshold", "target", "quality_measure", "expected", "cost_model")}
+    calibration["reference_confidence"] = report["reference_confidence"]
+    updated = manifest.model_copy(
+        update={"temperature": report["temperature"], "calibration": json.loads(json.dumps(calibration))}
+    )
+    write_manifest(student_folder, updated)
+
+
+def curve(
+    predictions: Predictions,
+    *,
+    temperature: float,
+    signal: Signal,
+    cost: CostModel,
+    chosen_threshold: float | None = None,
+) -> dict[str, Any]:
+    outcomes = outcomes_for(predictions, temperature, signal)
+    points = sweep(outcomes, cost)
+    chosen = outcomes.at(chosen_threshold, cost) if chosen_threshold is not None else None
+    result: dict[str, Any] = {
+        "quality_measure": "accuracy" if predictions.gold is not None else "agreement_with_teacher",
+        "signal": signal.value,
+        "temperature": temperature,
+        "points": [p.as_dict() for p in points],
+        "teacher_only": {
+            "quality": outcomes.teacher_quality,
+            "dollars_per_1000": cost.per_thousand(cost.teacher_dollars),
+        },
+        "student_only": {
+            "quality": outcomes.student_quality,
+            "dollars_per_1000": cost.per_thousand(cost.student_dollars),
+        },
+        "oracle": oracle(outcomes, cost).as_dict(),
+    }
+    if chosen is not None:
+        result["chosen"] = summary(outcomes, cost, chosen)
+    if predictions.gold is not None:  # agreement curve alongside accuracy
+        agreement = outcomes_for(
+            Predictions(
+                predictions.texts,
+                None,
+                predictions.teacher_logits,
+                predictions.student_logits,
+                predictions.teacher_seconds,
+                predictions.student_seconds,
+            ),
+            temperature,
+            signal,
+        )
+        result["agreement_points"] = [p.as_dict() for p in sweep(agreement, cost)]
+    return result
+
+
+def plot_curve(result: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
+    points = result["points"]
+    axis.plot(
+        [p["dollars_per_1000"] for p in points],
+        [p["quality"] for p in points],
+        label=f"cascade ({result['quality_measure']})",
+    )
+    if "agreement_points" in result:
+        agreement = result["agreement_points"]
+        axis.plot(
+            [p["dollars_per_1000"] for p in agreement],
+            [p["quality"] for p in agreement],
+            linestyle="--",
+            label="cascade (agreement with teacher)",
+        )
+    references = [("teacher only", result["teacher_only"], "s"), ("student only", result["student_only"], "o")]
+    references.append(("oracle", result["oracle"], "*"))
+    if "chosen" in result:
+        chosen = result["chosen"]
+        references.append(("random, same escalation", chosen["random_at_same_escalation"], "x"))
+        references.append(("chosen τ", chosen["chosen"], "D"))
+    for name, point, marker in references:
+        axis.scatter([point["dollars_per_1000"]], [point["quality"]], marker=marker, s=60, label=name, zorder=3)
+    axis.set_xlabel("dollars per 1,000 requests")
+    axis.set_ylabel(result["quality_measure"])
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def calibrate_artifacts(
+    teacher: str,
+    student: str,
+    dev_path: str | Path,
+    target: Target,
+    value: float,
+    *,
+    write: bool = True,
+    threads: int = 1,
+    student_price: float = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR,
+    teacher_price: float = DEFAULT_GPU_NODE_DOLLARS_PER_HOUR,
+) -> dict[str, Any]:
+    teacher_ref, student_ref = resolve_model(teacher), resolve_model(student)
+    predictions = predict(teacher_ref, student_ref, dev_path, threads=threads)
+    report = calibrate(predictions, target, value, student_price=student_price, teacher_price=teacher_price)
+    if write:
+        write_calibration(Path(student_ref.location), report)
+    return report

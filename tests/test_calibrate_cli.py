@@ -1,0 +1,59 @@
+"""`cascade calibrate` and `cascade evaluate --curve` end to end on tiny models (the CLI functions)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serving.artifact import read_manifest, resolve_model
+from serving.cli import main
+from tests.builders import TinyPair
+
+
+@pytest.fixture
+def student_copy(tiny_pair: TinyPair, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_pair.student, tmp_path / "student"))
+
+
+def test_calibrate_writes_the_choice_into_the_manifest(
+    tiny_pair: TinyPair, student_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_path = tmp_path / "calibration.json"
+    code = main(
+        [
+            "calibrate", "--teacher", str(tiny_pair.teacher), "--student", str(student_copy),
+            "--data", str(tiny_pair.data), "--max-escalation", "0.5", "--output", str(report_path),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "escalation rate" in printed and "share of the oracle's savings" in printed
+    report = json.loads(report_path.read_text())
+    manifest = read_manifest(student_copy)
+    assert manifest.temperature == pytest.approx(report["temperature"])
+    assert manifest.calibration["threshold"] == report["threshold"]
+    assert manifest.calibration["expected"]["chosen"]["escalation_rate"] <= 0.5
+    assert sum(manifest.calibration["reference_confidence"]["shares"]) == pytest.approx(1.0, abs=1e-4)
+    resolve_model(str(student_copy))  # checksums still valid after the manifest rewrite
+
+
+def test_calibrate_needs_exactly_one_target(tiny_pair: TinyPair, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["calibrate", "--teacher", str(tiny_pair.teacher), "--student", str(tiny_pair.student)]
+    assert main([*args, "--data", str(tiny_pair.data), "--dry-run"]) == 2
+    assert "exactly one target" in capsys.readouterr().err
+
+
+def test_curve_json_and_png(tiny_pair: TinyPair, student_copy: Path, tmp_path: Path) -> None:
+    output = tmp_path / "curve.json"
+    args = ["--teacher", str(tiny_pair.teacher), "--student", str(student_copy), "--data", str(tiny_pair.data)]
+    assert main(["calibrate", *args, "--max-quality-loss", "0"]) == 0
+    assert main(["evaluate", *args, "--curve", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    qualities = [p["quality"] for p in result["points"]]
+    assert result["points"][0]["escalation_rate"] == 0 and result["points"][-1]["escalation_rate"] == 1
+    assert result["oracle"]["quality"] >= max(qualities) - 1e-9  # nothing beats the oracle
+    assert result["chosen"]["chosen"]["quality"] >= result["teacher_only"]["quality"] - 1e-9
+    assert output.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
