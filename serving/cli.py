@@ -336,6 +336,19 @@ def _cmd_benchmark_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark_cascade(args: argparse.Namespace) -> int:
+    from distill.benchmark import PLANS, run_cascade_dataset, write_cascade_report
+
+    names = args.datasets_only.split(",") if args.datasets_only else list(PLANS)
+    command = "cascade " + " ".join(sys.argv[1:])
+    results = []
+    for name in names:
+        results.append(run_cascade_dataset(name, args.datasets, args.work, args.output, args.threads))
+        write_cascade_report(results, command, args.output)
+    print(f"results in {args.output}/cascade.md")
+    return 0
+
+
 def _add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
     parser.add_argument("--train", required=True, type=Path, help="training JSONL ({text, label} per line)")
     parser.add_argument("--dev", type=Path, help="dev JSONL: early stopping and reported accuracy")
@@ -449,6 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=Path("docs/benchmarks"), help="where distill.{md,json} go")
     bench.add_argument("--threads", type=int, default=1, help="threads per model while timing (default 1)")
     bench.set_defaults(func=_cmd_benchmark_distill)
+
+    cascade_bench = commands.add_parser(
+        "benchmark-cascade", help="calibrate the benchmark's students and measure the cascade on held-out dev data"
+    )
+    cascade_bench.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
+    cascade_bench.add_argument("--datasets-only", help="comma-separated subset, e.g. banking77,sst2")
+    cascade_bench.add_argument("--work", type=Path, default=Path("runs/benchmark"), help="benchmark-distill's models")
+    cascade_bench.add_argument("--output", type=Path, default=Path("docs/benchmarks"))
+    cascade_bench.add_argument("--threads", type=int, default=1)
+    cascade_bench.set_defaults(func=_cmd_benchmark_cascade)
     return parser
 
 
