@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from distill.build import BuildOptions, distill_student, finetune_teacher
+from distill.calibrate import calibrate_artifacts
 from distill.training import TrainSettings
 from serving.artifact import MANIFEST_NAME
 from serving.constants import cascade_home
@@ -21,12 +22,13 @@ from serving.constants import cascade_home
 logger = logging.getLogger("cascade.demo")
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 TEACHER_TRAINING = TrainSettings(epochs=8, learning_rate=2e-4, batch_size=16, patience=3, seed=0)
 STUDENT_TRAINING = TrainSettings(
     epochs=12, learning_rate=3e-4, batch_size=16, temperature=2.0, alpha=0.5, patience=4, seed=0
 )
 STUDENT_LAYERS = (0, 5)
+DEMO_MAX_QUALITY_LOSS = 0.0  # points of dev accuracy below the teacher: escalate what the student gets wrong
 MAX_LENGTH = 32
 
 
@@ -46,6 +48,7 @@ def _recipe_key() -> str:
         "student": asdict(STUDENT_TRAINING),
         "layers": STUDENT_LAYERS,
         "max_length": MAX_LENGTH,
+        "calibration": DEMO_MAX_QUALITY_LOSS,
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:12]
@@ -78,4 +81,6 @@ def ensure_demo_pair(root: Path | None = None) -> DemoPair:
             layers=STUDENT_LAYERS,
             dev_path=dev,
         )
+        # The gateway then serves with the calibrated temperature, signal and threshold.
+        calibrate_artifacts(str(pair.teacher), str(pair.student), dev, "max_quality_loss", DEMO_MAX_QUALITY_LOSS)
     return pair

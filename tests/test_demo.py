@@ -20,6 +20,7 @@ def test_demo_pair_builds_caches_and_answers(tmp_path: Path) -> None:
     teacher, student = resolve_model(str(pair.teacher)), resolve_model(str(pair.student))
     assert teacher.labels == student.labels and student.manifest is not None
     assert student.manifest.parent == teacher.version and student.has_onnx
+    assert student.manifest.calibration["target"] == {"kind": "max_quality_loss", "value": 0.0}
 
     dev = read_jsonl(DEMO_DATA / "dev.jsonl")
     for ref in (teacher, student):
