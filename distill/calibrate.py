@@ -23,7 +23,7 @@ from distill.evaluate import time_backend
 from router import Signal, confidence, softmax
 from router.calibration import expected_calibration_error, fit_temperature
 from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, DEFAULT_GPU_NODE_DOLLARS_PER_HOUR, CostModel
-from router.tradeoff import Outcomes, Point, Target, choose_threshold, oracle, summary, sweep
+from router.tradeoff import Outcomes, Point, Target, choose_threshold, reference_points, summary, sweep
 from serving.artifact import ModelRef, read_manifest, resolve_model, write_manifest
 from serving.backends import Backend, load_backend
 from serving.errors import ArtifactError
@@ -180,15 +180,7 @@ def curve(
         "signal": signal.value,
         "temperature": temperature,
         "points": [p.as_dict() for p in points],
-        "teacher_only": {
-            "quality": outcomes.teacher_quality,
-            "dollars_per_1000": cost.per_thousand(cost.teacher_dollars),
-        },
-        "student_only": {
-            "quality": outcomes.student_quality,
-            "dollars_per_1000": cost.per_thousand(cost.student_dollars),
-        },
-        "oracle": oracle(outcomes, cost).as_dict(),
+        **reference_points(outcomes, cost),
     }
     if chosen is not None:
         result["chosen"] = summary(outcomes, cost, chosen)

@@ -141,14 +141,9 @@ def savings_share_of_oracle(chosen: Point, outcomes: Outcomes, cost: CostModel) 
     return (teacher_only - chosen.dollars_per_1000) / possible if possible > 0 else float("nan")
 
 
-def summary(outcomes: Outcomes, cost: CostModel, chosen: Point) -> dict[str, Any]:
-    """Reference points on the same axes as the curve, and the chosen point's standing against them."""
-    n = outcomes.size
+def reference_points(outcomes: Outcomes, cost: CostModel) -> dict[str, Any]:
+    """Teacher only, student only and the oracle, on the curve's axes (quality, dollars per 1,000)."""
     return {
-        "examples": n,
-        "chosen": chosen.as_dict(),
-        "escalation_rate_95ci": wilson_interval(chosen.escalation_rate * n, n),
-        "quality_95ci": wilson_interval(chosen.quality * n, n),
         "teacher_only": {
             "quality": outcomes.teacher_quality,
             "dollars_per_1000": cost.per_thousand(cost.teacher_dollars),
@@ -158,6 +153,18 @@ def summary(outcomes: Outcomes, cost: CostModel, chosen: Point) -> dict[str, Any
             "dollars_per_1000": cost.per_thousand(cost.student_dollars),
         },
         "oracle": oracle(outcomes, cost).as_dict(),
+    }
+
+
+def summary(outcomes: Outcomes, cost: CostModel, chosen: Point) -> dict[str, Any]:
+    """Reference points on the same axes as the curve, and the chosen point's standing against them."""
+    n = outcomes.size
+    return {
+        "examples": n,
+        "chosen": chosen.as_dict(),
+        "escalation_rate_95ci": wilson_interval(chosen.escalation_rate * n, n),
+        "quality_95ci": wilson_interval(chosen.quality * n, n),
+        **reference_points(outcomes, cost),
         "random_at_same_escalation": random_routing(outcomes, chosen.escalation_rate, cost).as_dict(),
         "share_of_oracle_savings": savings_share_of_oracle(chosen, outcomes, cost),
     }
