@@ -163,13 +163,15 @@ def distill_student(
     *,
     shape: StudentShape = "teacher_layers",
     layers: Sequence[int] = (0, 5),
+    width: float = 1.0,
     bag_hidden_size: int = 256,
     dev_path: str | Path | None = None,
     use_hard_labels: bool = True,
 ) -> Manifest:
     """Distil a student from a teacher artifact; soft targets from the teacher.
 
-    ``shape``: ``teacher_layers`` starts from ``layers`` of the teacher (DistilBERT-style);
+    ``shape``: ``teacher_layers`` starts from ``layers`` of the teacher (DistilBERT-style), narrower
+    by ``width`` if below 1;
     ``bag_of_embeddings`` is the much cheaper averaged-embeddings model (``serving.architectures``).
     The teacher's logits on the training texts are computed once, before training, and reused every
     epoch. Lines without a label are fine when ``use_hard_labels`` is false (soft targets only).
@@ -192,8 +194,8 @@ def distill_student(
     input_ids, attention_mask = tokenize(tokenizer, train_data.texts, options.max_length)
     teacher_logits = predict_logits(teacher, input_ids, attention_mask)
     if shape == "teacher_layers":
-        student = student_from_teacher_layers(teacher, layers)
-        shape_summary: dict[str, Any] = {"kind": shape, "layers": list(layers)}
+        student = student_from_teacher_layers(teacher, layers, width)
+        shape_summary: dict[str, Any] = {"kind": shape, "layers": list(layers), "width": width}
     else:
         student = bag_of_embeddings_from_teacher(teacher, hidden_size=bag_hidden_size)
         shape_summary = {"kind": shape, "hidden_size": bag_hidden_size}

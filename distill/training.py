@@ -73,24 +73,36 @@ def _encoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def student_from_teacher_layers(teacher: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
-    """A copy of ``teacher`` that keeps only the encoder ``layers`` (in order), DistilBERT-style."""
+def student_from_teacher_layers(teacher: PreTrainedModel, layers: Sequence[int], width: float = 1.0) -> PreTrainedModel:
+    """A copy of ``teacher`` that keeps only the encoder ``layers`` (in order), DistilBERT-style.
+
+    ``width < 1`` also makes it narrower: hidden size, attention heads (head size kept) and feed-forward
+    size shrink by that factor, and every weight starts as the leading slice of the teacher's
+    ("weight selection", Xu et al., ICLR 2024), so the narrow student still starts from pretrained
+    weights rather than from noise.
+    """
     available = len(_encoder_layers(teacher))
     if not layers or any(not 0 <= i < available for i in layers):
         raise ValueError(f"layers must be a non-empty list of indices in [0, {available - 1}], got {list(layers)}")
     config: Any = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
+    if not 0 < width <= 1:
+        raise ValueError(f"width must be in (0, 1], got {width}")
+    if width < 1:
+        heads = max(1, round(config.num_attention_heads * width))
+        head_size = config.hidden_size // config.num_attention_heads
+        config.num_attention_heads = heads
+        config.hidden_size = heads * head_size
+        config.intermediate_size = max(1, round(config.intermediate_size * width))
     student = type(teacher)(config)
     pattern = re.compile(r"(.*\.encoder\.layer\.)(\d+)(\..*)")
     source = teacher.state_dict()
     mapped: dict[str, torch.Tensor] = {}
-    for key in student.state_dict():
+    for key, target in student.state_dict().items():
         match = pattern.match(key)
-        if match:
-            key_in_teacher = f"{match[1]}{layers[int(match[2])]}{match[3]}"
-            mapped[key] = source[key_in_teacher].clone()
-        else:
-            mapped[key] = source[key].clone()
+        key_in_teacher = f"{match[1]}{layers[int(match[2])]}{match[3]}" if match else key
+        weight = source[key_in_teacher]
+        mapped[key] = weight[tuple(slice(0, n) for n in target.shape)].clone()
     student.load_state_dict(mapped)
     return student
 

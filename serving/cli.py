@@ -194,6 +194,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         _build_options(args, "student"),
         shape=args.shape,
         layers=layers,
+        width=args.width,
         dev_path=args.dev,
         use_hard_labels=not args.soft_only,
     )
@@ -415,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="teacher_layers: DistilBERT-style subset of the teacher's layers; bag_of_embeddings: the cheapest",
     )
     distill.add_argument("--layers", default="0,5", help="teacher layers the student starts from (default 0,5)")
+    distill.add_argument(
+        "--width", type=float, default=1.0, help="narrower student: hidden/heads/FFN scaled by this (default 1)"
+    )
     distill.add_argument("--temperature", type=float, default=2.0, help="soft-target temperature T")
     distill.add_argument("--alpha", type=float, default=0.5, help="weight of the soft loss against the hard loss")
     distill.add_argument("--soft-only", action="store_true", help="no hard labels: teacher outputs only")

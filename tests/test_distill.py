@@ -52,6 +52,19 @@ def test_student_starts_from_the_chosen_teacher_layers(tiny_pair: TinyPair) -> N
         student_from_teacher_layers(teacher, [2])
 
 
+def test_narrow_student_starts_from_leading_slices_of_the_teacher(tiny_pair: TinyPair) -> None:
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_pair.teacher)  # hidden 32, 2 heads
+    student = student_from_teacher_layers(teacher, [0, 1], width=0.5)
+    assert (student.config.hidden_size, student.config.num_attention_heads) == (16, 1)
+    assert student.config.intermediate_size == 32
+    t, s = teacher.state_dict(), student.state_dict()
+    query = "bert.encoder.layer.1.attention.self.query.weight"
+    assert s[query].shape == (16, 16) and torch.equal(s[query], t[query][:16, :16])
+    assert torch.equal(s["classifier.weight"], t["classifier.weight"][:, :16])
+    with pytest.raises(ValueError, match="width"):
+        student_from_teacher_layers(teacher, [0], width=0)
+
+
 def _write(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -106,7 +119,11 @@ def test_distilled_student_is_a_servable_artifact(tiny_pair: TinyPair, tmp_path:
     )
     ref = resolve_model(str(tmp_path / "s"))
     assert ref.labels == tuple(LABELS) and ref.has_onnx
-    assert manifest.parent == "tiny-teacher:1" and manifest.training["shape"]["layers"] == [1]
+    assert manifest.parent == "tiny-teacher:1" and manifest.training["shape"] == {
+        "kind": "teacher_layers",
+        "layers": [1],
+        "width": 1.0,
+    }
     assert manifest.metrics["onnx_fp32_max_abs_prob_diff"] <= 1e-4
     assert len(manifest.training["history"]) >= 1
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["role"] == "student"
