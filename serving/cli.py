@@ -77,6 +77,7 @@ def serve_gateway(
     application = build_app(config)  # resolves and verifies both models before Ray starts
     stop = stop or threading.Event()
     own_ray = ray_address is None
+    c.apply_ray_environment_defaults()
     ray.init(
         address=ray_address or "local",
         include_dashboard=False,

@@ -51,3 +51,15 @@ def cascade_home() -> Path:
     """Where the embedded demo pair is built and cached: ``$CASCADE_HOME`` or ~/.cache/cascade-gateway."""
     value = os.environ.get("CASCADE_HOME")
     return Path(value).expanduser() if value else Path.home() / ".cache" / "cascade-gateway"
+
+
+# Ray Serve gives its HTTP proxy 5 s to become ready, three times, then kills it and starts over.
+# On a small, busy node (2 cores while a model trains) that loop never ends. Set before Ray starts:
+# the processes of a local Ray inherit the environment of the driver that started it.
+RAY_ENVIRONMENT_DEFAULTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
+
+
+def apply_ray_environment_defaults() -> None:
+    """Set our Ray defaults where the user has not set them already."""
+    for name, value in RAY_ENVIRONMENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)

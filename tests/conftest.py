@@ -34,6 +34,9 @@ def ray_session() -> Iterator[None]:
     import ray
     from ray import serve
 
+    from serving.constants import apply_ray_environment_defaults
+
+    apply_ray_environment_defaults()
     ray.init(
         address="local",
         num_cpus=4,

@@ -66,3 +66,29 @@ def test_threshold_change_applies_live(gateway: tuple[str, dict[str, Any]]) -> N
     assert models["roles"] == replicas_before
     results = _classify(url, {"inputs": TEXTS})["results"]
     assert {r["served_by"] for r in results} == {"teacher"} and all(r["escalated"] for r in results)
+
+
+def test_gateway_serves_with_the_students_calibration(
+    gateway: tuple[str, dict[str, Any]], tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import shutil
+
+    from ray import serve
+
+    from distill.calibrate import calibrate_artifacts
+    from serving.app import build_app
+    from serving.artifact import read_manifest
+
+    url, config = gateway
+    student = shutil.copytree(tiny_pair.student, tmp_path_factory.mktemp("calibrated") / "student")
+    calibrate_artifacts(str(tiny_pair.teacher), str(student), tiny_pair.data, "max_escalation", 0.5)
+    manifest = read_manifest(student)
+    uncalibrated_config = {**config, "cascade": {}, "student": {**config["student"], "model": str(student)}}
+    serve.run(build_app(parse_config(uncalibrated_config)), name=APP, route_prefix="/")
+    cascade = httpx.get(f"{url}/v1/models").json()["cascade"]
+    assert cascade == {
+        "signal": manifest.calibration["signal"],
+        "threshold": manifest.calibration["threshold"],
+        "temperature": manifest.temperature,
+    }
+    assert manifest.temperature != 1.0
