@@ -339,13 +339,13 @@ def _cmd_benchmark_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark_cascade(args: argparse.Namespace) -> int:
-    from distill.benchmark import PLANS, run_cascade_dataset, write_cascade_report
+    from distill.benchmark import PLANS, earlier_results, merge_results, run_cascade_dataset, write_cascade_report
 
     names = args.datasets_only.split(",") if args.datasets_only else list(PLANS)
     command = "cascade " + " ".join(sys.argv[1:])
-    results = []
+    results = earlier_results(args.output, "cascade")
     for name in names:
-        results.append(run_cascade_dataset(name, args.datasets, args.work, args.output, args.threads))
+        results = merge_results(results, run_cascade_dataset(name, args.datasets, args.work, args.output, args.threads))
         write_cascade_report(results, command, args.output)
     print(f"results in {args.output}/cascade.md")
     return 0
