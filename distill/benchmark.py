@@ -195,7 +195,7 @@ def write_report(results: list[dict[str, Any]], command: str, output: Path) -> N
     lines = [
         "# Distillation benchmark",
         "",
-        f"Command: `{command}`",
+        "Each dataset below names the command that measured it (`--datasets-only` reruns one).",
         "",
         f"Machine: {machine_info['cpus']} CPUs, {machine_info['platform']}, "
         f"torch {machine_info['torch']}, onnxruntime {machine_info['onnxruntime']}.",
@@ -203,7 +203,7 @@ def write_report(results: list[dict[str, Any]], command: str, output: Path) -> N
         "",
     ]
     for result in results:
-        lines += [f"## {result['dataset']}", ""]
+        lines += [f"## {result['dataset']}", "", f"Command: `{result.get('command', command)}`", ""]
         if result["train_subsampled_to"]:
             lines.append(f"Training split subsampled to {result['train_subsampled_to']} rows (seed 0) to fit 2 cores.")
         lines.append(f"Wall time of each run (s): {result['wall_time_s']}")
@@ -257,7 +257,7 @@ def run_benchmark(
 ) -> list[dict[str, Any]]:
     results = earlier_results(output, "distill")
     for name in names:
-        results = merge_results(results, run_dataset(PLANS[name], datasets, work, threads))
+        results = merge_results(results, {**run_dataset(PLANS[name], datasets, work, threads), "command": command})
         write_report(results, command, output)  # after each dataset: a crash keeps what was measured
     return results
 
