@@ -244,8 +244,8 @@ def earlier_results(output: Path, name: str) -> list[dict[str, Any]]:
     path = output / f"{name}.json"
     if not path.exists():
         return []
-    results: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))["results"]
-    return results
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    return [{"command": payload["command"], **result} for result in payload["results"]]
 
 
 def merge_results(results: list[dict[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]]:
