@@ -127,3 +127,18 @@ def test_distilled_student_is_a_servable_artifact(tiny_pair: TinyPair, tmp_path:
     assert manifest.metrics["onnx_fp32_max_abs_prob_diff"] <= 1e-4
     assert len(manifest.training["history"]) >= 1
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["role"] == "student"
+
+
+def test_a_fixed_seed_reproduces_a_run(tiny_pair: TinyPair, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    def run(folder: str, seed: int) -> dict[str, torch.Tensor]:
+        settings = TrainSettings(epochs=2, batch_size=2, seed=seed)
+        options = BuildOptions(name="s", max_length=16, onnx=False, train=settings)
+        distill_student(tiny_pair.teacher, tiny_pair.data, tmp_path / folder, options, layers=[0])
+        return load_file(tmp_path / folder / "model.safetensors")
+
+    first, second, other_seed = run("a", 7), run("b", 7), run("c", 8)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other_seed[k]) for k in first)  # the seed really matters
