@@ -11,6 +11,7 @@ is written into the student's manifest, where the gateway reads it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,18 +186,7 @@ def curve(
     if chosen is not None:
         result["chosen"] = summary(outcomes, cost, chosen)
     if predictions.gold is not None:  # agreement curve alongside accuracy
-        agreement = outcomes_for(
-            Predictions(
-                predictions.texts,
-                None,
-                predictions.teacher_logits,
-                predictions.student_logits,
-                predictions.teacher_seconds,
-                predictions.student_seconds,
-            ),
-            temperature,
-            signal,
-        )
+        agreement = outcomes_for(dataclasses.replace(predictions, gold=None), temperature, signal)
         result["agreement_points"] = [p.as_dict() for p in sweep(agreement, cost)]
     return result
 
