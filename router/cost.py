@@ -48,3 +48,24 @@ class CostModel:
 
     def per_thousand(self, dollars_per_request: float) -> float:
         return 1000 * dollars_per_request
+
+
+class SavingsCarry:
+    """Turns signed per-request savings into increments of a counter that may never go down.
+
+    A request the student answers saves the teacher's cost minus its own; one that escalates costs a
+    little more than the teacher alone would have (it paid the student too), a negative saving. The
+    negative part is carried and netted against the next positive savings, so the counter's total is
+    the true net saving plus at most the carry still pending (``pending``, never positive).
+    """
+
+    def __init__(self) -> None:
+        self.pending = 0.0
+
+    def add(self, saving: float) -> float:
+        """Record one saving; return what to add to the counter now (>= 0)."""
+        self.pending += saving
+        if self.pending <= 0.0:
+            return 0.0
+        emitted, self.pending = self.pending, 0.0
+        return emitted

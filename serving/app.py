@@ -4,14 +4,17 @@
                                         └─handle──▶ ModelReplica "teacher"  (GPU where configured)
 
 The ingress validates, runs ``serving.cascade.run_cascade`` and answers; the replicas only turn
-batches of texts into logits. ``cascade`` and ``limits`` reach the ingress as its ``user_config`` and
-so change live through ``reconfigure``; everything about a model rolls that role's replicas.
+batches of texts into logits (and say what compute time each call used). ``cascade``, ``limits``,
+``cost``, ``shadow`` and ``drift`` reach the ingress as its ``user_config`` and so change live through
+``reconfigure``; everything about a model rolls that role's replicas. Metrics: ``serving.metrics``.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must see the real ``Request`` annotations
 # of the ingress methods, which Ray Serve's class-based ingress wraps.
 import asyncio
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -29,8 +32,17 @@ from serving import constants as c
 from serving.artifact import ModelRef, check_same_labels, resolve_model
 from serving.backends import load_backend
 from serving.cascade import run_cascade
-from serving.config import CascadeSettings, GatewayConfig, LimitSettings, ModelSettings
+from serving.config import (
+    CascadeSettings,
+    CostSettings,
+    DriftSettings,
+    GatewayConfig,
+    LimitSettings,
+    ModelSettings,
+    ShadowSettings,
+)
 from serving.errors import Overloaded, error_response
+from serving.metrics import GatewayMetrics, ReplicaMetrics, RequestUsage
 from serving.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -41,6 +53,9 @@ from serving.schemas import (
 
 logger = logging.getLogger("cascade.gateway")
 ROLES = ("student", "teacher")
+WARM_UP_TEXTS = 8
+# The ingress replica's metrics, for the middleware (which FastAPI calls outside the class).
+_gateway_metrics: GatewayMetrics | None = None
 
 
 def _count_texts(calls: list[list[str]]) -> int:
@@ -63,18 +78,34 @@ class ModelReplica:
             max_length=self._settings.max_length,
         )
         # @serve.batch adds these setters to the method; its static arguments are only defaults.
-        self.logits.set_max_batch_size(self._settings.batching.max_batch_size)  # type: ignore[attr-defined]
-        self.logits.set_batch_wait_timeout_s(self._settings.batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
-        # Warm up, so that "constructed" means "has answered once" (readiness relies on it).
-        self._backend.logits(["warm up"])
+        self._batched.set_max_batch_size(self._settings.batching.max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(self._settings.batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        # Warm up, so that "constructed" means "has answered once" (readiness relies on it); the timed
+        # second pass seeds the ingress's estimate of what a text costs on this role.
+        self._backend.logits(["warm up"] * WARM_UP_TEXTS)
+        started = time.perf_counter()
+        self._backend.logits(["warm up"] * WARM_UP_TEXTS)
+        self._seconds_per_text = (time.perf_counter() - started) / WARM_UP_TEXTS
+        self._metrics = ReplicaMetrics(role, self._ref.version)
+
+    async def logits(self, texts: list[str]) -> tuple[np.ndarray, float]:
+        """Logits for ``texts`` and the compute seconds they used (their share of the batch)."""
+        self._metrics.queued(len(texts))
+        try:
+            return await self._batched(texts)
+        finally:
+            self._metrics.queued(-len(texts))
 
     @serve.batch(max_batch_size=c.DEFAULT_MAX_BATCH_SIZE, batch_size_fn=_count_texts)
-    async def logits(self, calls: list[list[str]]) -> list[np.ndarray]:
+    async def _batched(self, calls: list[list[str]]) -> list[tuple[np.ndarray, float]]:
         flat = [text for texts in calls for text in texts]
+        self._metrics.batch(len(flat))
+        started = time.perf_counter()
         # Off the event loop, so the replica keeps accepting calls for the next batch meanwhile.
         logits = await asyncio.to_thread(self._backend.logits, flat)
+        seconds_per_text = (time.perf_counter() - started) / len(flat)
         bounds = np.cumsum([len(texts) for texts in calls])[:-1]
-        return list(np.split(logits, bounds))
+        return [(part, seconds_per_text * len(part)) for part in np.split(logits, bounds)]
 
     def info(self) -> dict[str, Any]:
         return {
@@ -87,6 +118,7 @@ class ModelReplica:
             "temperature": self._ref.temperature,
             "threads": self._settings.threads,
             "max_batch_size": self._settings.batching.max_batch_size,
+            "seconds_per_text": self._seconds_per_text,
         }
 
 
@@ -111,7 +143,7 @@ async def _one_error_shape(request: Request, call_next: Callable[[Request], Awai
     one, hands it to us in the request headers, and returns it on every response.
     """
     try:
-        return await call_next(request)
+        response = await call_next(request)
     except Exception as error:
         status, body = error_response(error)
         if status >= 500:
@@ -119,7 +151,9 @@ async def _one_error_shape(request: Request, call_next: Callable[[Request], Awai
         response = JSONResponse(body, status)
         if isinstance(error, Overloaded):
             response.headers["Retry-After"] = "1"
-        return response
+    if _gateway_metrics is not None:
+        _gateway_metrics.record_response(response.status_code)
+    return response
 
 
 _CLASSIFY_OPENAPI = {
@@ -143,17 +177,26 @@ class Gateway:
         student: DeploymentHandle[Any],
         teacher: DeploymentHandle[Any],
         roles: dict[str, dict[str, Any]],
+        drift_reference: dict[str, list[float]] | None = None,
     ) -> None:
+        global _gateway_metrics
         self._handles = {"student": student, "teacher": teacher}
         self._roles = roles
         self._labels: list[str] = roles["student"]["labels"]
         self._versions = {role: roles[role]["version"] for role in ROLES}
+        self._drift_reference = drift_reference
+        self._metrics = _gateway_metrics = GatewayMetrics()
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._random = random.Random()
         # Ray Serve calls reconfigure(user_config) right after construction; defaults until then.
         self.reconfigure({})
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply ``cascade`` and ``limits`` live (Ray Serve calls this on a config change)."""
+        """Apply ``cascade``, ``limits``, ``cost``, ``shadow`` and ``drift`` live (on a config change)."""
         self._limits = LimitSettings.model_validate(user_config.get("limits", {}))
+        self._shadow = ShadowSettings.model_validate(user_config.get("shadow", {}))
+        cost = CostSettings.model_validate(user_config.get("cost", {}))
+        drift = DriftSettings.model_validate(user_config.get("drift", {}))
         cascade = CascadeSettings.model_validate(user_config.get("cascade", {}))
         calibrated = self._roles["student"].get("calibration") or {}
         self._policy = CascadePolicy(
@@ -163,9 +206,21 @@ class Gateway:
             signal=cascade.signal or Signal(calibrated.get("signal", c.DEFAULT_SIGNAL)),
             temperature=cascade.temperature or self._roles["student"]["temperature"],
         )
+        # PSI compares like with like: only when the live signal is the one the reference was taken with.
+        same_signal = calibrated.get("signal") == self._policy.signal.value
+        self._metrics.configure(
+            student_dollars_per_hour=cost.student_dollars_per_hour,
+            teacher_dollars_per_hour=cost.teacher_dollars_per_hour,
+            reference=self._drift_reference if same_signal else None,
+            window=drift.window,
+            min_samples=drift.min_samples,
+        )
 
-    async def _call(self, role: str, texts: list[str]) -> np.ndarray:
-        """Send ``texts`` to a role in chunks that fit its batch, concurrently; map Ray's errors."""
+    async def _call(self, role: str, texts: list[str]) -> tuple[np.ndarray, float]:
+        """Send ``texts`` to a role in chunks that fit its batch, concurrently; map Ray's errors.
+
+        Returns the logits and the compute seconds they used on the role's replicas.
+        """
         size = self._roles[role]["max_batch_size"]
         handle = self._handles[role]
         try:
@@ -174,7 +229,46 @@ class Gateway:
             )
         except BackPressureError as error:
             raise Overloaded(f"the {role} is at its queue limit; retry shortly") from error
-        return np.concatenate(parts, axis=0)
+        return np.concatenate([logits for logits, _ in parts], axis=0), sum(seconds for _, seconds in parts)
+
+    async def _seed_teacher_speed(self) -> None:
+        """Before the teacher has run, price its texts by what its warm-up measured."""
+        if self._metrics.teacher_seconds_per_text is None:
+            info = await self._handles["teacher"].info.remote()
+            if self._metrics.teacher_seconds_per_text is None:
+                self._metrics.teacher_seconds_per_text = float(info["seconds_per_text"])
+
+    def _maybe_shadow(self, texts: list[str], labels: list[str]) -> None:
+        """Sample the student's answers for a shadow call to the teacher; never waits, never queues."""
+        rate = self._shadow.rate
+        if rate <= 0.0:
+            return
+        sampled = [i for i in range(len(texts)) if self._random.random() < rate]
+        if not sampled:
+            return
+        if len(self._shadow_tasks) >= self._shadow.max_in_flight:
+            self._metrics.record_shadow("dropped", texts=len(sampled))
+            return
+        task = asyncio.create_task(self._shadow_call([texts[i] for i in sampled], [labels[i] for i in sampled]))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow_call(self, texts: list[str], student_labels: list[str]) -> None:
+        try:
+            logits, seconds = await self._call("teacher", texts)
+        except Overloaded:
+            self._metrics.record_shadow("dropped", texts=len(texts))
+            return
+        except Exception:  # a shadow failure must never surface: it is counted and logged
+            logger.warning("shadow call to the teacher failed", exc_info=True)
+            self._metrics.record_shadow("failed", texts=len(texts))
+            return
+        teacher_labels = [self._labels[int(i)] for i in np.argmax(logits, axis=1)]
+        agree = sum(1 for a, b in zip(student_labels, teacher_labels, strict=True) if a == b)
+        if agree:
+            self._metrics.record_shadow("agree", seconds * agree / len(texts), agree)
+        if agree < len(texts):
+            self._metrics.record_shadow("disagree", seconds * (len(texts) - agree) / len(texts), len(texts) - agree)
 
     @app.post(
         "/v1/classify",
@@ -192,15 +286,38 @@ class Gateway:
             if len(body) > limits.max_body_bytes:
                 break
         parsed = parse_classify_request(bytes(body), limits)
+        started = time.perf_counter()
+        usage = RequestUsage()
+        await self._seed_teacher_speed()
+
+        async def student(texts: list[str]) -> np.ndarray:
+            logits, usage.student_seconds = await self._call("student", texts)
+            return logits
+
+        async def teacher(texts: list[str]) -> np.ndarray:
+            logits, usage.teacher_seconds = await self._call("teacher", texts)
+            return logits
+
         outcome = await run_cascade(
             parsed.texts,
             parsed.route,
             policy=self._policy,
             labels=self._labels,
             teacher_temperature=self._roles["teacher"]["temperature"],
-            student=lambda texts: self._call("student", texts),
-            teacher=lambda texts: self._call("teacher", texts),
+            student=student,
+            teacher=teacher,
         )
+        served_by = [result.served_by for result in outcome.results]
+        path = "forced" if parsed.route == "teacher" else "escalated" if outcome.teacher_rows else "student"
+        self._metrics.record_request(
+            served_by=served_by,
+            path=path,
+            duration_s=time.perf_counter() - started,
+            student_confidence=outcome.student_confidence,
+            usage=usage,
+        )
+        answered = [i for i, who in enumerate(served_by) if who == "student"]
+        self._maybe_shadow([parsed.texts[i] for i in answered], [outcome.results[i].label for i in answered])
         return {
             "results": [result.model_dump() for result in outcome.results],
             "model_versions": self._versions,
@@ -253,6 +370,23 @@ def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
     }
 
 
+def _drift_reference(ref: ModelRef) -> dict[str, list[float]] | None:
+    calibration = ref.manifest.calibration if ref.manifest is not None else None
+    reference = (calibration or {}).get("reference_confidence")
+    return dict(reference) if reference else None
+
+
+def gateway_user_config(config: GatewayConfig) -> dict[str, Any]:
+    """The settings the ingress applies live (its ``user_config``)."""
+    return {
+        "cascade": config.cascade.model_dump(mode="json"),
+        "limits": config.limits.model_dump(),
+        "cost": config.cost.model_dump(),
+        "shadow": config.shadow.model_dump(),
+        "drift": config.drift.model_dump(),
+    }
+
+
 def build_app(config: GatewayConfig) -> serve.Application:
     """Resolve both models (checksums, same labels) and bind the application; fails before deploying."""
     refs = {role: resolve_model(getattr(config, role).model) for role in ROLES}
@@ -266,10 +400,9 @@ def build_app(config: GatewayConfig) -> serve.Application:
         )
         for role in ROLES
     }
-    user_config = {"cascade": config.cascade.model_dump(mode="json"), "limits": config.limits.model_dump()}
-    return gateway.options(**config.ingress.ray_options("gateway"), user_config=user_config).bind(
-        handles["student"], handles["teacher"], roles
+    return gateway.options(**config.ingress.ray_options("gateway"), user_config=gateway_user_config(config)).bind(
+        handles["student"], handles["teacher"], roles, _drift_reference(refs["student"])
     )
 
 
-__all__ = ["Gateway", "ModelReplica", "build_app"]
+__all__ = ["Gateway", "ModelReplica", "build_app", "gateway_user_config"]

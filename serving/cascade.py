@@ -24,6 +24,8 @@ class CascadeOutcome:
     teacher_logits: np.ndarray | None
     """Teacher logits for the rows the teacher answered, in the order of ``teacher_rows``."""
     teacher_rows: list[int]
+    student_confidence: np.ndarray | None = None
+    """The student's calibrated confidence for every text it judged (None when it did not run)."""
 
 
 def _result(
@@ -65,7 +67,7 @@ async def run_cascade(
         _result(labels, verdict.probabilities[i], "student", False, verdict.confidence[i]) for i in range(len(texts))
     ]
     if route == "student" or not verdict.escalate.any():
-        return CascadeOutcome(results, student_logits, None, [])
+        return CascadeOutcome(results, student_logits, None, [], verdict.confidence)
 
     rows = [int(i) for i in np.flatnonzero(verdict.escalate)]
     teacher_logits = await teacher([texts[i] for i in rows])
@@ -78,7 +80,7 @@ async def run_cascade(
             True,
             teacher_verdict.confidence[position],
         )
-    return CascadeOutcome(results, student_logits, teacher_logits, rows)
+    return CascadeOutcome(results, student_logits, teacher_logits, rows, verdict.confidence)
 
 
 __all__ = ["CascadeOutcome", "LogitsCall", "run_cascade"]

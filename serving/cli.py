@@ -54,6 +54,14 @@ def _wait_until_ready(base_url: str, deadline_s: float) -> None:
     raise CascadeError(f"the gateway was not ready within {deadline_s:.0f} s (last /readyz: {last})")
 
 
+def _local_metrics_options(port: int) -> dict[str, Any]:
+    """A local Ray's metrics agent on a known port, reporting often enough for a 15 s scrape interval."""
+    return {
+        "_metrics_export_port": port,
+        "_system_config": {"metrics_report_interval_ms": c.METRICS_REPORT_INTERVAL_MS},
+    }
+
+
 def serve_gateway(
     config: GatewayConfig,
     *,
@@ -84,6 +92,7 @@ def serve_gateway(
         logging_level=getattr(logging, log_level),
         log_to_driver=log_level in ("DEBUG", "INFO"),
         object_store_memory=c.LOCAL_RAY_OBJECT_STORE_BYTES if own_ray else None,
+        **(_local_metrics_options(config.metrics.port) if own_ray else {}),
     )
     try:
         serve.start(http_options=HTTPOptions(host=config.http.host, port=config.http.port))
@@ -97,6 +106,8 @@ def serve_gateway(
         base_url = f"http://{config.http.host}:{config.http.port}"
         _wait_until_ready(base_url, startup_timeout_s)
         print(f"cascade-gateway listening on {base_url}  (docs: {base_url}/docs; Ctrl-C stops)", flush=True)
+        if own_ray:
+            print(f"metrics for Prometheus: http://{config.http.host}:{config.metrics.port}/metrics", flush=True)
         stop.wait()
     finally:
         print("cascade-gateway stopping…", flush=True)

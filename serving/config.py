@@ -2,11 +2,11 @@
 
 How each part reloads (``serve.run`` with a changed config):
 
-- ``cascade`` and ``limits`` are the ingress's ``user_config``: Ray Serve applies them in place
-  through ``Gateway.reconfigure``, with no replica restarted and no request dropped.
+- ``cascade``, ``limits``, ``cost``, ``shadow`` and ``drift`` are the ingress's ``user_config``: Ray
+  Serve applies them in place through ``Gateway.reconfigure``, with no replica restarted and no request dropped.
 - ``student`` / ``teacher`` (model, backend, device, threads, batching) and every ``deployment``
   setting change the deployment's code or options, so Ray Serve rolls those replicas.
-- ``http`` needs a restart of ``cascade serve``.
+- ``http`` and ``metrics`` need a restart of ``cascade serve``.
 
 Unknown keys are errors (a typo must not silently fall back to a default).
 """
@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from router import Signal
+from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, DEFAULT_GPU_NODE_DOLLARS_PER_HOUR
 from serving import constants as c
 from serving.errors import ConfigError
 
@@ -61,6 +62,49 @@ class CascadeSettings(_Strict):
     signal: Signal | None = None
     threshold: NonNegativeFloat | None = None
     temperature: float | None = Field(None, gt=0)
+
+
+class CostSettings(_Strict):
+    """What an hour of each role's hardware costs; applied live.
+
+    A request's cost is the compute time it used on a replica (a batch's time shared among its
+    texts) times this price. Price the hardware one replica occupies: a whole GPU node for a teacher
+    that has it to itself, a share of a CPU node for a student. Defaults: ``router.cost``.
+    """
+
+    student_dollars_per_hour: NonNegativeFloat = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+    teacher_dollars_per_hour: NonNegativeFloat = DEFAULT_GPU_NODE_DOLLARS_PER_HOUR
+
+
+class ShadowSettings(_Strict):
+    """Shadow sampling: a share of the student's answers also goes to the teacher, to measure agreement.
+
+    Off the latency path: the client has its answer before the shadow call starts. At most
+    ``max_in_flight`` shadow calls run at once per ingress replica; a sampled request over that
+    bound, or one the teacher's queue refuses, is dropped and counted, never queued. Applied live.
+    """
+
+    rate: float = Field(c.DEFAULT_SHADOW_RATE, ge=0.0, le=1.0)
+    max_in_flight: PositiveInt = c.DEFAULT_SHADOW_MAX_IN_FLIGHT
+
+
+class DriftSettings(_Strict):
+    """PSI of live student confidence against the histogram ``cascade calibrate`` stored; applied live."""
+
+    window: PositiveInt = c.DEFAULT_DRIFT_WINDOW
+    min_samples: PositiveInt = c.DEFAULT_DRIFT_MIN_SAMPLES
+
+    @model_validator(mode="after")
+    def _fits(self) -> DriftSettings:
+        if self.min_samples > self.window:
+            raise ValueError(f"min_samples ({self.min_samples}) must be <= window ({self.window})")
+        return self
+
+
+class MetricsSettings(_Strict):
+    """Where Prometheus scrapes a local Ray's metrics agent (a cluster's port is set at ``ray start``)."""
+
+    port: int = Field(c.DEFAULT_METRICS_PORT, ge=1, le=65535)
 
 
 class AutoscalingSettings(_Strict):
@@ -155,6 +199,10 @@ class GatewayConfig(_Strict):
     http: HttpSettings = HttpSettings()
     limits: LimitSettings = LimitSettings()
     cascade: CascadeSettings = CascadeSettings()
+    cost: CostSettings = CostSettings()
+    shadow: ShadowSettings = ShadowSettings()
+    drift: DriftSettings = DriftSettings()
+    metrics: MetricsSettings = MetricsSettings()
     student: ModelSettings
     teacher: ModelSettings
     ingress: DeploymentSettings = Field(default_factory=_ingress_deployment)

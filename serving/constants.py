@@ -24,6 +24,18 @@ DEFAULT_MAX_TEXT_CHARS = 2_000
 DEFAULT_THRESHOLD = 0.7
 DEFAULT_SIGNAL = "max_prob"
 
+# Observability. Ray's metrics agent serves every process's metrics on this port (per node).
+DEFAULT_METRICS_PORT = 8080
+# How often Ray's processes report metrics to the agent (Ray's own default is 10 s).
+METRICS_REPORT_INTERVAL_MS = 2_000
+# Shadow sampling: share of student answers also sent to the teacher, and how many at once at most.
+DEFAULT_SHADOW_RATE = 0.0
+DEFAULT_SHADOW_MAX_IN_FLIGHT = 2
+# PSI of live confidence: over the last N student answers, published once N/10 new ones arrived
+# and never from fewer than MIN answers.
+DEFAULT_DRIFT_WINDOW = 2_000
+DEFAULT_DRIFT_MIN_SAMPLES = 200
+
 # Model replicas.
 DEFAULT_MAX_LENGTH_TOKENS = 128
 DEFAULT_MAX_BATCH_SIZE = 32

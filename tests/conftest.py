@@ -28,23 +28,26 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """One local Ray for the whole test session; Serve and Ray are shut down at the end."""
+def ray_session() -> Iterator[int]:
+    """One local Ray for the whole test session (yields its metrics port); Serve and Ray end with it."""
     import ray
     from ray import serve
 
     from serving.constants import apply_ray_environment_defaults
 
     apply_ray_environment_defaults()
+    metrics_port = free_port()
     ray.init(
         address="local",
         num_cpus=4,
         include_dashboard=False,
         log_to_driver=False,
         object_store_memory=128 * 1024 * 1024,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
     )
     try:
-        yield
+        yield metrics_port
     finally:
         serve.shutdown()
         ray.shutdown()

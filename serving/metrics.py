@@ -1,0 +1,274 @@
+"""The gateway's Prometheus metrics, recorded through Ray's metrics pipeline.
+
+Why Ray's pipeline and not a ``/metrics`` route on the ingress: every Ray process reports to its
+node's metrics agent, which exports one series per process (label ``WorkerId``) on
+``metrics.port``; Prometheus sums them. A route on the ingress would show whichever replica the
+proxy picked, and undercount with more than one. Ray prefixes every name with ``ray_``; the names
+below are without it.
+
+Every label takes a bounded set of values: the ones in ``LABEL_VALUES``, plus Ray's own process
+labels (deployment, replica, application, node, worker), bounded by the number of processes. Model
+versions are bounded by the number of promotions. Nothing per request or per user is ever a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from router.cost import SavingsCarry
+from router.drift import RollingHistogram, population_stability_index
+
+RAY_PREFIX = "ray_"
+
+REQUESTS = "cascade_requests_total"
+ESCALATIONS = "cascade_escalations_total"
+REQUEST_DURATION = "cascade_request_duration_seconds"
+COST = "cascade_cost_dollars_total"
+COST_BASELINE = "cascade_cost_baseline_dollars_total"
+COST_SAVED = "cascade_cost_saved_dollars_total"
+STUDENT_CONFIDENCE = "cascade_student_confidence"
+SHADOW = "cascade_shadow_total"
+CONFIDENCE_PSI = "cascade_confidence_psi"
+BATCH_SIZE = "cascade_batch_size"
+QUEUE_DEPTH = "cascade_queue_depth"
+MODEL_INFO = "cascade_model_info"
+HTTP_RESPONSES = "cascade_http_responses_total"
+
+LABEL_VALUES: dict[str, tuple[str, ...]] = {
+    "served_by": ("student", "teacher"),
+    "reason": ("low_confidence", "forced"),
+    "path": ("student", "escalated", "forced"),
+    "role": ("student", "teacher", "shadow"),
+    "outcome": ("agree", "disagree", "dropped", "failed"),
+    "status_class": ("2xx", "4xx", "5xx"),
+}
+
+DURATION_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+CONFIDENCE_BUCKETS = [round(0.05 * i, 2) for i in range(1, 20)]  # the 20 bins of the calibration reference
+BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: str  # counter | gauge | histogram
+    description: str
+    tag_keys: tuple[str, ...] = ()
+    boundaries: Sequence[float] = field(default_factory=list)
+
+
+SPECS: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec(
+            REQUESTS, "counter", "Classifications (one per input text) by the model that answered.", ("served_by",)
+        ),
+        MetricSpec(ESCALATIONS, "counter", "Texts the teacher answered, by why it ran.", ("reason",)),
+        MetricSpec(
+            REQUEST_DURATION,
+            "histogram",
+            "HTTP request latency inside the ingress, by path: student only, escalated, forced to the teacher.",
+            ("path",),
+            DURATION_BUCKETS_S,
+        ),
+        MetricSpec(
+            COST, "counter", "Dollars of compute used, by role (shadow = teacher time spent measuring).", ("role",)
+        ),
+        MetricSpec(COST_BASELINE, "counter", "Dollars the same texts would have cost served by the teacher alone."),
+        MetricSpec(COST_SAVED, "counter", "Net dollars saved against teacher-only serving (see SavingsCarry)."),
+        MetricSpec(
+            STUDENT_CONFIDENCE,
+            "histogram",
+            "The student's calibrated confidence (the cascade's signal) for every text it judged.",
+            (),
+            CONFIDENCE_BUCKETS,
+        ),
+        MetricSpec(SHADOW, "counter", "Shadow comparisons with the teacher, by outcome.", ("outcome",)),
+        MetricSpec(CONFIDENCE_PSI, "gauge", "PSI of live student confidence against the calibration reference."),
+        MetricSpec(BATCH_SIZE, "histogram", "Texts per model batch, by role.", ("role",), BATCH_SIZE_BUCKETS),
+        MetricSpec(QUEUE_DEPTH, "gauge", "Texts waiting for or in a model batch on this replica, by role.", ("role",)),
+        MetricSpec(MODEL_INFO, "gauge", "1 for the model version each replica serves.", ("role", "version")),
+        MetricSpec(HTTP_RESPONSES, "counter", "HTTP responses of the ingress by status class.", ("status_class",)),
+    )
+}
+
+
+MetricFactory = Callable[[MetricSpec], Any]
+_REPLICA_METRICS = (BATCH_SIZE, QUEUE_DEPTH, MODEL_INFO)
+
+
+def ray_metric(spec: MetricSpec) -> Any:
+    """Create the metric with Ray Serve's wrappers (they add deployment / replica / application labels)."""
+    from ray.serve import metrics
+
+    tag_keys: Any = spec.tag_keys  # Ray annotates tag_keys as tuple[str], a one-element tuple
+    if spec.kind == "counter":
+        return metrics.Counter(spec.name, description=spec.description, tag_keys=tag_keys)
+    if spec.kind == "gauge":
+        return metrics.Gauge(spec.name, description=spec.description, tag_keys=tag_keys)
+    return metrics.Histogram(
+        spec.name, description=spec.description, boundaries=list(spec.boundaries), tag_keys=tag_keys
+    )
+
+
+def _dollars(seconds: float, dollars_per_hour: float) -> float:
+    return seconds * dollars_per_hour / 3600.0
+
+
+@dataclass
+class RequestUsage:
+    """Compute seconds one HTTP request used on each role (its share of the batches it rode in)."""
+
+    student_seconds: float = 0.0
+    teacher_seconds: float = 0.0
+
+
+class GatewayMetrics:
+    """Everything the ingress records. Pure bookkeeping over metric objects made by ``factory``."""
+
+    def __init__(self, factory: MetricFactory = ray_metric) -> None:
+        self._m = {name: factory(spec) for name, spec in SPECS.items() if name not in _REPLICA_METRICS}
+        self._carry = SavingsCarry()
+        self._drift: RollingHistogram | None = None
+        self._drift_reference: list[float] = []
+        self._drift_min_samples = 1
+        self._drift_every = 1
+        self._since_psi = 0
+        self.teacher_seconds_per_text: float | None = None
+        self.student_dollars_per_hour = 0.0
+        self.teacher_dollars_per_hour = 0.0
+
+    def configure(
+        self,
+        *,
+        student_dollars_per_hour: float,
+        teacher_dollars_per_hour: float,
+        reference: dict[str, list[float]] | None,
+        window: int,
+        min_samples: int,
+    ) -> None:
+        """Prices and the drift reference; keeps the live window when only prices change."""
+        self.student_dollars_per_hour = student_dollars_per_hour
+        self.teacher_dollars_per_hour = teacher_dollars_per_hour
+        if reference is None:
+            self._drift = None
+            return
+        if self._drift is None or self._drift.window != window or self._drift_reference != reference["shares"]:
+            self._drift = RollingHistogram(reference["edges"], window)
+            self._drift_reference = list(reference["shares"])
+        self._drift_min_samples = min_samples
+        self._drift_every = max(1, window // 10)
+
+    def learn_teacher_speed(self, seconds: float, texts: int) -> None:
+        """Running estimate of teacher seconds per text: the price of texts the teacher never saw."""
+        if texts <= 0:
+            return
+        observed = seconds / texts
+        previous = self.teacher_seconds_per_text
+        self.teacher_seconds_per_text = observed if previous is None else 0.9 * previous + 0.1 * observed
+
+    def record_request(
+        self,
+        *,
+        served_by: Sequence[str],
+        path: str,
+        duration_s: float,
+        student_confidence: np.ndarray | None,
+        usage: RequestUsage,
+    ) -> None:
+        """One answered classify request: its texts, latency, cost and savings, and the student's confidence."""
+        for role in LABEL_VALUES["served_by"]:
+            count = sum(1 for who in served_by if who == role)
+            if count:
+                self._m[REQUESTS].inc(count, tags={"served_by": role})
+        teacher_texts = sum(1 for who in served_by if who == "teacher")
+        if teacher_texts:
+            reason = "forced" if path == "forced" else "low_confidence"
+            self._m[ESCALATIONS].inc(teacher_texts, tags={"reason": reason})
+            self.learn_teacher_speed(usage.teacher_seconds, teacher_texts)
+        self._m[REQUEST_DURATION].observe(duration_s, tags={"path": path})
+
+        student_cost = _dollars(usage.student_seconds, self.student_dollars_per_hour)
+        teacher_cost = _dollars(usage.teacher_seconds, self.teacher_dollars_per_hour)
+        if path == "forced":
+            baseline = teacher_cost
+        else:
+            baseline = _dollars((self.teacher_seconds_per_text or 0.0) * len(served_by), self.teacher_dollars_per_hour)
+        for role, dollars in (("student", student_cost), ("teacher", teacher_cost)):
+            if dollars > 0:
+                self._m[COST].inc(dollars, tags={"role": role})
+        if baseline > 0:
+            self._m[COST_BASELINE].inc(baseline)
+        self._save(baseline - student_cost - teacher_cost)
+
+        if student_confidence is not None and len(student_confidence):
+            for value in student_confidence:
+                self._m[STUDENT_CONFIDENCE].observe(float(value))
+            self._observe_drift(student_confidence)
+
+    def record_shadow(self, outcome: str, teacher_seconds: float = 0.0, texts: int = 0) -> None:
+        self._m[SHADOW].inc(max(texts, 1), tags={"outcome": outcome})
+        if teacher_seconds > 0:
+            self.learn_teacher_speed(teacher_seconds, texts)
+            dollars = _dollars(teacher_seconds, self.teacher_dollars_per_hour)
+            self._m[COST].inc(dollars, tags={"role": "shadow"})
+            self._save(-dollars)
+
+    def record_response(self, status: int) -> None:
+        self._m[HTTP_RESPONSES].inc(1, tags={"status_class": f"{min(max(status // 100, 2), 5)}xx"})
+
+    def _save(self, saving: float) -> None:
+        emitted = self._carry.add(saving)
+        if emitted > 0:
+            self._m[COST_SAVED].inc(emitted)
+
+    def _observe_drift(self, confidence: np.ndarray) -> None:
+        if self._drift is None:
+            return
+        self._drift.add(confidence)
+        self._since_psi += len(confidence)
+        if len(self._drift) >= self._drift_min_samples and self._since_psi >= self._drift_every:
+            self._since_psi = 0
+            self._m[CONFIDENCE_PSI].set(population_stability_index(self._drift_reference, self._drift.counts))
+
+
+class ReplicaMetrics:
+    """What a model replica records: batch sizes and its queue depth, and the version it serves."""
+
+    def __init__(self, role: str, version: str, factory: MetricFactory = ray_metric) -> None:
+        self._role = role
+        self._batch = factory(SPECS[BATCH_SIZE])
+        self._queue = factory(SPECS[QUEUE_DEPTH])
+        self._depth = 0
+        factory(SPECS[MODEL_INFO]).set(1, tags={"role": role, "version": version})
+
+    def queued(self, texts: int) -> None:
+        self._depth += texts
+        self._queue.set(self._depth, tags={"role": self._role})
+
+    def batch(self, texts: int) -> None:
+        self._batch.observe(texts, tags={"role": self._role})
+
+
+def exported_name(name: str, kind: str) -> list[str]:
+    """The series names Prometheus sees for a metric (with Ray's prefix and a histogram's suffixes)."""
+    base = RAY_PREFIX + name
+    if kind == "histogram":
+        return [f"{base}_bucket", f"{base}_count", f"{base}_sum"]
+    return [base]
+
+
+__all__ = [
+    "LABEL_VALUES",
+    "SPECS",
+    "GatewayMetrics",
+    "MetricSpec",
+    "ReplicaMetrics",
+    "RequestUsage",
+    "exported_name",
+    "ray_metric",
+]
