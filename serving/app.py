@@ -206,6 +206,12 @@ class Gateway:
             signal=cascade.signal or Signal(calibrated.get("signal", c.DEFAULT_SIGNAL)),
             temperature=cascade.temperature or self._roles["student"]["temperature"],
         )
+        if (
+            calibrated.get("signal") == self._policy.signal.value
+            and calibrated.get("threshold") == self._policy.threshold
+            and calibrated.get("expected_escalation_rate") is not None
+        ):
+            self._metrics.expect_escalation(calibrated["expected_escalation_rate"])
         # PSI compares like with like: only when the live signal is the one the reference was taken with.
         same_signal = calibrated.get("signal") == self._policy.signal.value
         self._metrics.configure(
@@ -355,15 +361,25 @@ class Gateway:
         return JSONResponse({"status": "ready" if ready else "not ready", "roles": roles}, 200 if ready else 503)
 
 
+def _calibration_summary(ref: ModelRef) -> dict[str, Any] | None:
+    calibration = ref.manifest.calibration if ref.manifest is not None else None
+    if not calibration:
+        return None
+    expected = (calibration.get("expected") or {}).get("chosen") or {}
+    return {
+        "signal": calibration["signal"],
+        "threshold": calibration["threshold"],
+        "expected_escalation_rate": expected.get("escalation_rate"),
+    }
+
+
 def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
     return {
         "model": ref.location,
         "version": ref.version,
         "labels": list(ref.labels),
         "temperature": ref.temperature,
-        "calibration": {k: ref.manifest.calibration[k] for k in ("signal", "threshold")}
-        if ref.manifest is not None and ref.manifest.calibration
-        else None,
+        "calibration": _calibration_summary(ref),
         "backend": "onnx" if settings.backend == "onnx" or (settings.backend == "auto" and ref.has_onnx) else "torch",
         "device": settings.device,
         "max_batch_size": settings.batching.max_batch_size,

@@ -362,6 +362,37 @@ def _cmd_benchmark_cascade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_monitoring(args: argparse.Namespace) -> int:
+    from serving.monitoring import AlertThresholds, write_monitoring
+
+    thresholds = AlertThresholds(
+        agreement_floor=args.agreement_floor,
+        escalation_margin=args.escalation_margin,
+        cost_per_request_budget_dollars=args.cost_budget,
+    )
+    for path in write_monitoring(args.out, thresholds):
+        print(path)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from serving.report import from_metrics_endpoint, from_prometheus, summarise, write_report
+
+    if args.prometheus:
+        samples = from_prometheus(args.prometheus, args.window, args.step)
+        source = f"Prometheus {args.prometheus}, last {args.window:.0f} s, step {args.step:.0f} s"
+    else:
+        samples = from_metrics_endpoint(args.metrics_url, args.window, args.step)
+        source = f"gateway metrics {args.metrics_url}, {args.window:.0f} s polled every {args.step:.0f} s"
+    summary = summarise(samples)
+    png, page = write_report(summary, args.out, source)
+    print(json.dumps(summary["totals"], indent=2))
+    print(f"report: {page} (figure: {png})")
+    return 0
+
+
 def _add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
     parser.add_argument("--train", required=True, type=Path, help="training JSONL ({text, label} per line)")
     parser.add_argument("--dev", type=Path, help="dev JSONL: early stopping and reported accuracy")
@@ -488,6 +519,38 @@ def build_parser() -> argparse.ArgumentParser:
     cascade_bench.add_argument("--output", type=Path, default=Path("docs/benchmarks"))
     cascade_bench.add_argument("--threads", type=int, default=1)
     cascade_bench.set_defaults(func=_cmd_benchmark_cascade)
+
+    from serving.monitoring import AlertThresholds
+
+    defaults = AlertThresholds()
+    monitoring = commands.add_parser(
+        "monitoring", help="write the Prometheus rules and Grafana dashboards (generated, with your thresholds)"
+    )
+    monitoring.add_argument("--out", type=Path, default=Path("deploy"), help="folder holding prometheus/ and grafana/")
+    monitoring.add_argument("--agreement-floor", type=float, default=defaults.agreement_floor)
+    monitoring.add_argument(
+        "--escalation-margin",
+        type=float,
+        default=defaults.escalation_margin,
+        help="alert above (1 + margin) × the calibrated escalation rate",
+    )
+    monitoring.add_argument(
+        "--cost-budget", type=float, default=defaults.cost_per_request_budget_dollars, help="dollars per request"
+    )
+    monitoring.set_defaults(func=_cmd_monitoring)
+
+    report = commands.add_parser(
+        "report", help="cost per request, savings, escalation and agreement over a window (PNG + HTML)"
+    )
+    source = report.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prometheus", help="Prometheus base URL, e.g. http://127.0.0.1:9090")
+    source.add_argument("--metrics-url", help="the gateway's metrics, e.g. http://127.0.0.1:8080/metrics (polled)")
+    report.add_argument(
+        "--window", type=float, default=3600.0, help="seconds: the last N with --prometheus, or how long to poll"
+    )
+    report.add_argument("--step", type=float, default=60.0, help="seconds between samples")
+    report.add_argument("--out", type=Path, default=Path("cascade-report.html"), help="HTML page (PNG beside it)")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

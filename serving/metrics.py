@@ -37,6 +37,7 @@ BATCH_SIZE = "cascade_batch_size"
 QUEUE_DEPTH = "cascade_queue_depth"
 MODEL_INFO = "cascade_model_info"
 HTTP_RESPONSES = "cascade_http_responses_total"
+EXPECTED_ESCALATION = "cascade_expected_escalation_rate"
 
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "served_by": ("student", "teacher"),
@@ -93,6 +94,11 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(QUEUE_DEPTH, "gauge", "Texts waiting for or in a model batch on this replica, by role.", ("role",)),
         MetricSpec(MODEL_INFO, "gauge", "1 for the model version each replica serves.", ("role", "version")),
         MetricSpec(HTTP_RESPONSES, "counter", "HTTP responses of the ingress by status class.", ("status_class",)),
+        MetricSpec(
+            EXPECTED_ESCALATION,
+            "gauge",
+            "Escalation rate that calibration measured for the rule in force (absent when the config overrides it).",
+        ),
     )
 }
 
@@ -209,6 +215,9 @@ class GatewayMetrics:
             for value in student_confidence:
                 self._m[STUDENT_CONFIDENCE].observe(float(value))
             self._observe_drift(student_confidence)
+
+    def expect_escalation(self, rate: float) -> None:
+        self._m[EXPECTED_ESCALATION].set(rate)
 
     def record_shadow(self, outcome: str, teacher_seconds: float = 0.0, texts: int = 0) -> None:
         self._m[SHADOW].inc(max(texts, 1), tags={"outcome": outcome})
