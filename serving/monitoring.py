@@ -145,7 +145,8 @@ def alert_rules(thresholds: AlertThresholds = AlertThresholds()) -> dict[str, An
             "15m",
             "warning",
             "Cost per request is over budget",
-            f'Cost per request ${{{{ $value | printf "%.6f" }}}} is above the budget ${t.cost_per_request_budget_dollars}.',
+            'Cost per request ${{ $value | printf "%.6f" }} is above the budget '
+            f"${t.cost_per_request_budget_dollars}.",
         ),
         alert(
             "CascadeHighErrorRate",
