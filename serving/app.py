@@ -54,8 +54,6 @@ from serving.schemas import (
 logger = logging.getLogger("cascade.gateway")
 ROLES = ("student", "teacher")
 WARM_UP_TEXTS = 8
-# The ingress replica's metrics, for the middleware (which FastAPI calls outside the class).
-_gateway_metrics: GatewayMetrics | None = None
 
 
 def _count_texts(calls: list[list[str]]) -> int:
@@ -143,7 +141,7 @@ async def _one_error_shape(request: Request, call_next: Callable[[Request], Awai
     one, hands it to us in the request headers, and returns it on every response.
     """
     try:
-        response = await call_next(request)
+        return await call_next(request)
     except Exception as error:
         status, body = error_response(error)
         if status >= 500:
@@ -151,9 +149,7 @@ async def _one_error_shape(request: Request, call_next: Callable[[Request], Awai
         response = JSONResponse(body, status)
         if isinstance(error, Overloaded):
             response.headers["Retry-After"] = "1"
-    if _gateway_metrics is not None:
-        _gateway_metrics.record_response(response.status_code)
-    return response
+        return response
 
 
 _CLASSIFY_OPENAPI = {
@@ -179,13 +175,12 @@ class Gateway:
         roles: dict[str, dict[str, Any]],
         drift_reference: dict[str, list[float]] | None = None,
     ) -> None:
-        global _gateway_metrics
         self._handles = {"student": student, "teacher": teacher}
         self._roles = roles
         self._labels: list[str] = roles["student"]["labels"]
         self._versions = {role: roles[role]["version"] for role in ROLES}
         self._drift_reference = drift_reference
-        self._metrics = _gateway_metrics = GatewayMetrics()
+        self._metrics = GatewayMetrics()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._random = random.Random()
         # Ray Serve calls reconfigure(user_config) right after construction; defaults until then.
@@ -206,12 +201,11 @@ class Gateway:
             signal=cascade.signal or Signal(calibrated.get("signal", c.DEFAULT_SIGNAL)),
             temperature=cascade.temperature or self._roles["student"]["temperature"],
         )
-        if (
+        as_calibrated = (
             calibrated.get("signal") == self._policy.signal.value
             and calibrated.get("threshold") == self._policy.threshold
-            and calibrated.get("expected_escalation_rate") is not None
-        ):
-            self._metrics.expect_escalation(calibrated["expected_escalation_rate"])
+        )
+        self._metrics.expect_escalation(calibrated.get("expected_escalation_rate") if as_calibrated else None)
         # PSI compares like with like: only when the live signal is the one the reference was taken with.
         same_signal = calibrated.get("signal") == self._policy.signal.value
         self._metrics.configure(
@@ -284,6 +278,15 @@ class Gateway:
     )
     async def classify(self, request: Request) -> dict[str, Any]:
         """Classify one text or a list of texts; the cascade decides who answers unless ``route`` says."""
+        try:
+            answer = await self._classify(request)
+        except Exception as error:
+            self._metrics.record_response(error_response(error)[0])
+            raise  # the middleware turns it into the error body
+        self._metrics.record_response(200)
+        return answer
+
+    async def _classify(self, request: Request) -> dict[str, Any]:
         limits = self._limits
         check_body_size(request.headers.get("content-length"), limits)
         body = bytearray()

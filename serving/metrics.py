@@ -145,6 +145,7 @@ class GatewayMetrics:
         self._drift_every = 1
         self._since_psi = 0
         self.teacher_seconds_per_text: float | None = None
+        self._expected_escalation: float | None = None
         self.student_dollars_per_hour = 0.0
         self.teacher_dollars_per_hour = 0.0
 
@@ -187,6 +188,7 @@ class GatewayMetrics:
         usage: RequestUsage,
     ) -> None:
         """One answered classify request: its texts, latency, cost and savings, and the student's confidence."""
+        self._refresh_gauges()
         for role in LABEL_VALUES["served_by"]:
             count = sum(1 for who in served_by if who == role)
             if count:
@@ -216,8 +218,14 @@ class GatewayMetrics:
                 self._m[STUDENT_CONFIDENCE].observe(float(value))
             self._observe_drift(student_confidence)
 
-    def expect_escalation(self, rate: float) -> None:
-        self._m[EXPECTED_ESCALATION].set(rate)
+    def expect_escalation(self, rate: float | None) -> None:
+        """The calibrated escalation rate of the rule in force (None: the config overrode calibration)."""
+        self._expected_escalation = rate
+
+    def _refresh_gauges(self) -> None:
+        # Ray drops a gauge set while its replica is still being constructed: set it again as we go.
+        if self._expected_escalation is not None:
+            self._m[EXPECTED_ESCALATION].set(self._expected_escalation)
 
     def record_shadow(self, outcome: str, teacher_seconds: float = 0.0, texts: int = 0) -> None:
         self._m[SHADOW].inc(max(texts, 1), tags={"outcome": outcome})
@@ -253,7 +261,12 @@ class ReplicaMetrics:
         self._batch = factory(SPECS[BATCH_SIZE])
         self._queue = factory(SPECS[QUEUE_DEPTH])
         self._depth = 0
-        factory(SPECS[MODEL_INFO]).set(1, tags={"role": role, "version": version})
+        self._info = factory(SPECS[MODEL_INFO])
+        self._version = version
+
+    def serving(self) -> None:
+        """Mark the version this replica serves (again on every batch: Ray drops a gauge set during start-up)."""
+        self._info.set(1, tags={"role": self._role, "version": self._version})
 
     def queued(self, texts: int) -> None:
         self._depth += texts
@@ -261,6 +274,7 @@ class ReplicaMetrics:
 
     def batch(self, texts: int) -> None:
         self._batch.observe(texts, tags={"role": self._role})
+        self.serving()
 
 
 def exported_name(name: str, kind: str) -> list[str]:

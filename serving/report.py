@@ -97,7 +97,7 @@ def _selector(key: str) -> str:
 
 def from_prometheus(url: str, window_s: float, step_s: float, end: float | None = None) -> Samples:
     """Sample each summed counter from Prometheus's ``query_range`` API over the window."""
-    end = end or time.time()
+    end = float(int(end or time.time()))  # whole seconds: Prometheus answers at start + k·step, in ms
     start = end - window_s
     times = np.arange(start, end + step_s / 2, step_s)
     values: dict[str, np.ndarray] = {}

@@ -51,3 +51,13 @@ def ray_session() -> Iterator[int]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_session: int) -> int:
+    """Ray Serve's HTTP proxy on the session Ray; its port is fixed by the first ``serve.start``."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port

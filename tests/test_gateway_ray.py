@@ -10,21 +10,19 @@ import pytest
 
 from serving.config import parse_config
 from tests.builders import TEXTS, TinyPair
-from tests.conftest import free_port
 from tests.gateway_helpers import gateway_config
 
 APP = "cascade-test"
 
 
 @pytest.fixture(scope="module")
-def gateway(ray_session: None, tiny_pair: TinyPair) -> Iterator[tuple[str, dict[str, Any]]]:
+def gateway(serve_port: int, tiny_pair: TinyPair) -> Iterator[tuple[str, dict[str, Any]]]:
     from ray import serve
 
     from serving.app import build_app
 
-    port = free_port()
+    port = serve_port
     config = gateway_config(tiny_pair, threshold=0.0, port=port, max_batch_size=3)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(parse_config(config)), name=APP, route_prefix="/")
     try:
         yield f"http://127.0.0.1:{port}", config

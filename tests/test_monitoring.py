@@ -1,0 +1,272 @@
+"""Metrics bookkeeping, drift statistics, generated rules and dashboards, promtool, and the report's arithmetic."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from router.cost import SavingsCarry
+from router.drift import RollingHistogram, population_stability_index
+from serving import metrics as m
+from serving.metrics import GatewayMetrics, MetricSpec, ReplicaMetrics, RequestUsage
+from serving.monitoring import alert_rules, generated_files, metrics_named, panel_queries, recording_rules
+from serving.report import Samples, parse_counters, summarise
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not found: install Debian's `prometheus` package (.ci/run does)"
+)
+
+
+class Recorded:
+    """A metric that keeps what was recorded, by label set (the real ones are Ray's, tested live)."""
+
+    def __init__(self, spec: MetricSpec) -> None:
+        self.spec = spec
+        self.values: dict[tuple[tuple[str, str], ...], float] = defaultdict(float)
+        self.observations: list[float] = []
+
+    def _key(self, tags: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+        tags = tags or {}
+        assert set(tags) == set(self.spec.tag_keys), (self.spec.name, tags)
+        for key, value in tags.items():
+            if key in m.LABEL_VALUES:
+                assert value in m.LABEL_VALUES[key], (key, value)
+        return tuple(sorted(tags.items()))
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        assert value > 0
+        self.values[self._key(tags)] += value
+
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
+        self.values[self._key(tags)] = value
+
+    def observe(self, value: float, tags: dict[str, str] | None = None) -> None:
+        self._key(tags)
+        self.observations.append(value)
+
+
+def _recording() -> tuple[GatewayMetrics, dict[str, Recorded]]:
+    made: dict[str, Recorded] = {}
+
+    def factory(spec: MetricSpec) -> Recorded:
+        made[spec.name] = Recorded(spec)
+        return made[spec.name]
+
+    return GatewayMetrics(factory), made
+
+
+def test_psi_is_zero_for_the_same_distribution_and_grows_with_shift() -> None:
+    reference = [0.25, 0.25, 0.25, 0.25]
+    assert population_stability_index(reference, [10, 10, 10, 10]) == pytest.approx(0.0)
+    small = population_stability_index(reference, [12, 10, 10, 8])
+    large = population_stability_index(reference, [40, 5, 3, 2])
+    assert 0 < small < 0.1 < 0.25 < large
+    # By hand: (0.5-0.25)ln2 + (0-0.25)... with the 1e-4 floor on the empty bins.
+    expected = 2 * (0.5 - 0.25) * np.log(0.5 / 0.25) + 2 * (1e-4 - 0.25) * np.log(1e-4 / 0.25)
+    assert population_stability_index(reference, [5, 0, 0, 5]) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="bins differ"):
+        population_stability_index(reference, [1, 2])
+
+
+def test_rolling_histogram_forgets_values_older_than_its_window() -> None:
+    histogram = RollingHistogram([0.0, 0.5, 1.0], window=3)
+    histogram.add([0.1, 0.2, 0.9])
+    assert histogram.counts.tolist() == [2, 1]
+    histogram.add([0.8, 0.7])  # evicts 0.1 and 0.2
+    assert histogram.counts.tolist() == [0, 3]
+    assert len(histogram) == 3
+    histogram.add([-5.0, 7.0])  # out of range: the edge bins
+    assert histogram.counts.tolist() == [1, 2]
+
+
+def test_savings_carry_nets_negative_savings_and_never_emits_a_decrease() -> None:
+    carry = SavingsCarry()
+    emitted = [carry.add(s) for s in (1.0, -0.25, -0.25, 1.0, -2.0, 0.5, 3.0)]
+    assert all(e >= 0 for e in emitted)
+    assert emitted == [1.0, 0.0, 0.0, 0.5, 0.0, 0.0, 1.5]
+    assert sum(emitted) + carry.pending == pytest.approx(3.0)
+
+
+def test_gateway_metrics_account_cost_savings_and_escalations() -> None:
+    metrics, made = _recording()
+    metrics.configure(
+        student_dollars_per_hour=3600.0,  # $1 per compute second: the arithmetic stays readable
+        teacher_dollars_per_hour=36000.0,
+        reference={"edges": [0.0, 0.5, 1.0], "shares": [0.5, 0.5]},
+        window=10,
+        min_samples=4,
+    )
+    metrics.teacher_seconds_per_text = 0.01  # as if the teacher's warm-up measured it
+    # Two texts answered by the student: 2 ms of student time in all.
+    metrics.record_request(
+        served_by=["student", "student"],
+        path="student",
+        duration_s=0.02,
+        student_confidence=np.array([0.9, 0.8]),
+        usage=RequestUsage(student_seconds=0.002),
+    )
+    cost = made[m.COST].values
+    assert cost[(("role", "student"),)] == pytest.approx(0.002)
+    assert made[m.COST_BASELINE].values[()] == pytest.approx(2 * 0.01 * 10)
+    assert made[m.COST_SAVED].values[()] == pytest.approx(0.2 - 0.002)
+    # One text escalated: the teacher ran 20 ms; it cost more than teacher-only, so nothing is saved.
+    metrics.record_request(
+        served_by=["teacher"],
+        path="escalated",
+        duration_s=0.05,
+        student_confidence=np.array([0.2]),
+        usage=RequestUsage(student_seconds=0.001, teacher_seconds=0.02),
+    )
+    assert made[m.ESCALATIONS].values == {(("reason", "low_confidence"),): 1}
+    assert made[m.REQUESTS].values == {(("served_by", "student"),): 2, (("served_by", "teacher"),): 1}
+    assert made[m.COST_SAVED].values[()] == pytest.approx(0.198)  # the loss is carried, not subtracted
+    assert metrics.teacher_seconds_per_text == pytest.approx(0.9 * 0.01 + 0.1 * 0.02)
+    # Forced to the teacher: the baseline is exactly what it used.
+    metrics.record_request(
+        served_by=["teacher"],
+        path="forced",
+        duration_s=0.03,
+        student_confidence=None,
+        usage=RequestUsage(teacher_seconds=0.03),
+    )
+    assert made[m.ESCALATIONS].values[(("reason", "forced"),)] == 1
+    assert made[m.STUDENT_CONFIDENCE].observations == [0.9, 0.8, 0.2]
+    # PSI appears once min_samples confidences arrived (3 so far: none yet).
+    assert made[m.CONFIDENCE_PSI].values == {}
+    metrics.record_request(
+        served_by=["student"],
+        path="student",
+        duration_s=0.01,
+        student_confidence=np.array([0.95]),
+        usage=RequestUsage(student_seconds=0.001),
+    )
+    live = [1, 3]  # 0.2 | 0.9, 0.8, 0.95
+    assert made[m.CONFIDENCE_PSI].values[()] == pytest.approx(population_stability_index([0.5, 0.5], live))
+    # A shadow comparison is teacher time spent: cost under "shadow", and it lowers the savings.
+    before = made[m.COST_SAVED].values[()]
+    metrics.record_shadow("agree", teacher_seconds=0.0001, texts=1)
+    assert made[m.COST].values[(("role", "shadow"),)] == pytest.approx(0.001)
+    assert made[m.SHADOW].values[(("outcome", "agree"),)] == 1
+    metrics.record_request(
+        served_by=["student"],
+        path="student",
+        duration_s=0.01,
+        student_confidence=np.array([0.9]),
+        usage=RequestUsage(student_seconds=0.001),
+    )
+    assert made[m.COST_SAVED].values[()] > before
+    metrics.record_response(503)
+    metrics.record_response(200)
+    assert made[m.HTTP_RESPONSES].values == {(("status_class", "5xx"),): 1, (("status_class", "2xx"),): 1}
+
+
+def test_replica_metrics_track_queue_depth_and_model_version() -> None:
+    made: dict[str, Recorded] = {}
+
+    def factory(spec: MetricSpec) -> Recorded:
+        made[spec.name] = Recorded(spec)
+        return made[spec.name]
+
+    replica = ReplicaMetrics("student", "3", factory)
+    assert made[m.MODEL_INFO].values == {}
+    replica.queued(5)
+    replica.queued(2)
+    replica.batch(7)
+    replica.queued(-5)
+    assert made[m.QUEUE_DEPTH].values == {(("role", "student"),): 2}
+    assert made[m.MODEL_INFO].values == {(("role", "student"), ("version", "3")): 1}
+    assert made[m.BATCH_SIZE].observations == [7]
+
+
+def test_every_series_a_rule_or_panel_reads_is_exported_or_recorded() -> None:
+    exported = {name for spec in m.SPECS.values() for name in m.exported_name(spec.name, spec.kind)}
+    recorded = {rule["record"] for rule in recording_rules()["groups"][0]["rules"]}
+    expressions = [expr for _, _, expr in panel_queries()]
+    expressions += [
+        rule["expr"] for group in (recording_rules(), alert_rules()) for rule in group["groups"][0]["rules"]
+    ]
+    named = set().union(*(metrics_named(expr) for expr in expressions))
+    assert named, "the expressions name no metric at all"
+    assert named <= exported | recorded, named - exported - recorded
+    # And the dashboards show every metric the gateway exports.
+    shown = set().union(*(metrics_named(expr) for expr in (e for _, _, e in panel_queries())))
+    unshown = {spec.name for spec in m.SPECS.values() if not set(m.exported_name(spec.name, spec.kind)) & shown}
+    assert not unshown, f"no panel shows {unshown}"
+
+
+def test_committed_rules_and_dashboards_are_the_generated_ones() -> None:
+    for relative, content in generated_files().items():
+        path = DEPLOY / relative
+        assert path.exists(), f"{path} missing: run `cascade monitoring --out deploy`"
+        assert path.read_text(encoding="utf-8") == content, f"{path} differs: run `cascade monitoring --out deploy`"
+
+
+@needs_promtool
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-ray-cluster.yml"])
+def test_promtool_accepts_the_scrape_configs(config: str) -> None:
+    result = subprocess.run(
+        [str(PROMTOOL), "check", "config", "--syntax-only", str(DEPLOY / "prometheus" / config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    rules = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
+    check = subprocess.run([str(PROMTOOL), "check", "rules", *map(str, rules)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run(
+        [str(PROMTOOL), "test", "rules", str(DEPLOY / "prometheus" / "tests" / "alerts.test.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "SUCCESS" in test.stdout + test.stderr
+
+
+def test_report_figures_from_counter_samples_survive_a_restart() -> None:
+    zeros = np.zeros(4)
+    values: dict[str, Any] = {key: zeros.copy() for key in ("escalated", "forced", "baseline", "saved", "disagree")}
+    values.update(
+        requests=np.array([0.0, 100.0, 200.0, 50.0]),  # restarted before the last sample: +50
+        escalated=np.array([0.0, 10.0, 30.0, 5.0]),
+        cost=np.array([0.0, 1.0, 2.0, 0.5]),
+        baseline=np.array([0.0, 4.0, 8.0, 2.0]),
+        saved=np.array([0.0, 3.0, 6.0, 1.5]),
+        agree=np.array([0.0, 9.0, 18.0, 4.0]),
+        disagree=np.array([0.0, 1.0, 2.0, 1.0]),
+    )
+    summary = summarise(Samples(np.array([0.0, 10.0, 20.0, 30.0]), values))
+    totals = summary["totals"]
+    assert totals["requests"] == 250
+    assert totals["cost_per_1000_dollars"] == pytest.approx(1000 * 2.5 / 250)
+    assert totals["saved_share"] == pytest.approx(7.5 / 10)
+    assert totals["escalation_rate"] == pytest.approx(35 / 250)
+    assert totals["agreement"] == pytest.approx(22 / 25)
+    assert summary["series"]["escalation_rate"].tolist() == pytest.approx([0.1, 0.2, 0.1])
+
+
+def test_report_sums_counters_across_processes_from_a_scrape() -> None:
+    text = """# TYPE ray_cascade_requests_total counter
+ray_cascade_requests_total{served_by="student",WorkerId="a"} 7.0
+ray_cascade_requests_total{served_by="teacher",WorkerId="b"} 3.0
+# TYPE ray_cascade_escalations_total counter
+ray_cascade_escalations_total{reason="low_confidence",WorkerId="a"} 2.0
+ray_cascade_escalations_total{reason="forced",WorkerId="a"} 1.0
+"""
+    counters = parse_counters(text)
+    assert counters["requests"] == 10
+    assert counters["escalated"] == 2
+    assert counters["forced"] == 1
+    assert counters["agree"] == 0
