@@ -267,15 +267,16 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
             ),
             Panel("Queue depth by role", [(f"sum by (role) ({P}{m.QUEUE_DEPTH})", "{{role}}")], "short"),
             Panel(
-                "Mean batch size by role",
+                "Batch size p50 / p95 by role",
                 [
                     (
-                        f"sum by (role) (rate({P}{m.BATCH_SIZE}_sum[{RATE}])) / "
-                        f"sum by (role) (rate({P}{m.BATCH_SIZE}_count[{RATE}]))",
-                        "{{role}}",
+                        f"histogram_quantile({q}, sum by (le, role) (rate({P}{m.BATCH_SIZE}_bucket[{RATE}])))",
+                        f"p{p} {{{{role}}}}",
                     )
+                    for q, p in ((0.5, 50), (0.95, 95))
                 ],
                 "short",
+                description="Quantiles, not _sum/_count: Ray exports a histogram's _sum from bucket midpoints.",
             ),
             Panel(
                 "Responses by status class", [(_r(m.HTTP_RESPONSES, by="status_class"), "{{status_class}}")], "reqps"
