@@ -15,12 +15,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Deployment
 from ray.serve.exceptions import BackPressureError
@@ -41,7 +40,7 @@ from serving.config import (
     ModelSettings,
     ShadowSettings,
 )
-from serving.errors import Overloaded, error_response
+from serving.errors import CascadeError, Overloaded, error_response
 from serving.metrics import GatewayMetrics, ReplicaMetrics, RequestUsage
 from serving.schemas import (
     ClassifyRequest,
@@ -60,31 +59,34 @@ def _count_texts(calls: list[list[str]]) -> int:
     return sum(len(texts) for texts in calls)
 
 
-@serve.deployment
-class ModelReplica:
-    """One role's model. Calls are batched by text count up to ``batching.max_batch_size``."""
+class ModelRunner:
+    """One role's model in this process: load, warm up, batch calls by text count, time every batch.
 
-    def __init__(self, role: str, settings: dict[str, Any]) -> None:
-        self._role = role
-        self._settings = ModelSettings.model_validate(settings)
-        self._ref = resolve_model(self._settings.model)
-        self._backend = load_backend(
-            self._ref,
-            backend=self._settings.backend,
-            device=self._settings.device,
-            threads=self._settings.threads,
-            max_length=self._settings.max_length,
+    Used by ``ModelReplica`` (a role's own deployment) and, for a student with ``colocate: true``, by
+    the ingress itself. ``@serve.batch`` works on any async method, not only a deployment's.
+    """
+
+    def __init__(self, role: str, settings: ModelSettings) -> None:
+        self.role = role
+        self.settings = settings
+        self.ref = resolve_model(settings.model)
+        self.backend = load_backend(
+            self.ref,
+            backend=settings.backend,
+            device=settings.device,
+            threads=settings.threads,
+            max_length=settings.max_length,
         )
         # @serve.batch adds these setters to the method; its static arguments are only defaults.
-        self._batched.set_max_batch_size(self._settings.batching.max_batch_size)  # type: ignore[attr-defined]
-        self._batched.set_batch_wait_timeout_s(self._settings.batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._batched.set_max_batch_size(settings.batching.max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
         # Warm up, so that "constructed" means "has answered once" (readiness relies on it); the timed
         # second pass seeds the ingress's estimate of what a text costs on this role.
-        self._backend.logits(["warm up"] * WARM_UP_TEXTS)
+        self.backend.logits(["warm up"] * WARM_UP_TEXTS)
         started = time.perf_counter()
-        self._backend.logits(["warm up"] * WARM_UP_TEXTS)
-        self._seconds_per_text = (time.perf_counter() - started) / WARM_UP_TEXTS
-        self._metrics = ReplicaMetrics(role, self._ref.version)
+        self.backend.logits(["warm up"] * WARM_UP_TEXTS)
+        self.seconds_per_text = (time.perf_counter() - started) / WARM_UP_TEXTS
+        self._metrics = ReplicaMetrics(role, self.ref.version)
 
     async def logits(self, texts: list[str]) -> tuple[np.ndarray, float]:
         """Logits for ``texts`` and the compute seconds they used (their share of the batch)."""
@@ -99,25 +101,60 @@ class ModelReplica:
         flat = [text for texts in calls for text in texts]
         self._metrics.batch(len(flat))
         started = time.perf_counter()
-        # Off the event loop, so the replica keeps accepting calls for the next batch meanwhile.
-        logits = await asyncio.to_thread(self._backend.logits, flat)
+        # Off the event loop, so the process keeps accepting calls for the next batch meanwhile.
+        logits = await asyncio.to_thread(self.backend.logits, flat)
         seconds_per_text = (time.perf_counter() - started) / len(flat)
         bounds = np.cumsum([len(texts) for texts in calls])[:-1]
         return [(part, seconds_per_text * len(part)) for part in np.split(logits, bounds)]
 
     def info(self) -> dict[str, Any]:
         return {
-            "role": self._role,
-            "model": self._ref.location,
-            "version": self._ref.version,
-            "labels": list(self._ref.labels),
-            "backend": self._backend.name,
-            "device": self._backend.device,
-            "temperature": self._ref.temperature,
-            "threads": self._settings.threads,
-            "max_batch_size": self._settings.batching.max_batch_size,
-            "seconds_per_text": self._seconds_per_text,
+            "role": self.role,
+            "model": self.ref.location,
+            "version": self.ref.version,
+            "labels": list(self.ref.labels),
+            "backend": self.backend.name,
+            "device": self.backend.device,
+            "temperature": self.ref.temperature,
+            "threads": self.settings.threads,
+            "max_batch_size": self.settings.batching.max_batch_size,
+            "seconds_per_text": self.seconds_per_text,
         }
+
+
+@serve.deployment
+class ModelReplica:
+    """One role's model as its own deployment (the default placement of both roles)."""
+
+    def __init__(self, role: str, settings: dict[str, Any]) -> None:
+        self._runner = ModelRunner(role, ModelSettings.model_validate(settings))
+
+    async def logits(self, texts: list[str]) -> tuple[np.ndarray, float]:
+        return await self._runner.logits(texts)
+
+    def info(self) -> dict[str, Any]:
+        return self._runner.info()
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        """The replica as its own HTTP endpoint (``cascade serve --direct-student``), for load tests only.
+
+        Exists to measure what the router adds: the same deployment class, batching and model, reached
+        straight from Ray Serve's proxy. Answers ``{"results": [{"label", "confidence"}]}`` (max
+        probability after temperature); no limits, no cascade, no metrics beyond the replica's own.
+        """
+        body = await request.json()
+        texts = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
+        logits, _ = await self._runner.logits(texts)
+        verdict = CascadePolicy(0.0, Signal.MAX_PROB, self._runner.ref.temperature).judge(logits)
+        labels = self._runner.ref.labels
+        return JSONResponse(
+            {
+                "results": [
+                    {"label": labels[int(np.argmax(p))], "confidence": float(c)}
+                    for p, c in zip(verdict.probabilities, verdict.confidence, strict=True)
+                ]
+            }
+        )
 
 
 app = FastAPI(
@@ -133,23 +170,26 @@ async def _http_exception(_: Request, error: StarletteHTTPException) -> JSONResp
     return JSONResponse({"error": {"type": kind, "message": str(error.detail)}}, error.status_code)
 
 
-@app.middleware("http")
-async def _one_error_shape(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Turn any failure into the one error body, logged with the request id.
+async def _one_error_shape(request: Request, error: Exception) -> JSONResponse:
+    """Turn any failure into the one error body (``serving.errors.error_response``), logged with the request id.
 
-    The request id itself is Ray Serve's: its proxy takes ``X-Request-Id`` from the request or makes
-    one, hands it to us in the request headers, and returns it on every response.
+    An exception handler, not an HTTP middleware: Starlette's BaseHTTPMiddleware costs every request
+    an extra task and stream wrapper. The request id is Ray Serve's: its proxy takes ``X-Request-Id``
+    from the request or makes one, hands it to us in the request headers, and returns it.
     """
-    try:
-        return await call_next(request)
-    except Exception as error:
-        status, body = error_response(error)
-        if status >= 500:
-            logger.exception("request %s failed", request.headers.get("x-request-id", "-"))
-        response = JSONResponse(body, status)
-        if isinstance(error, Overloaded):
-            response.headers["Retry-After"] = "1"
-        return response
+    status, body = error_response(error)
+    if status >= 500:
+        logger.error("request %s failed", request.headers.get("x-request-id", "-"), exc_info=error)
+    response = JSONResponse(body, status)
+    if isinstance(error, Overloaded):
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+# Ours (4xx and 503) through Starlette's exception middleware; anything else through its server-error
+# middleware, which answers with the same body (and re-raises, so the failure is also logged by Serve).
+app.add_exception_handler(CascadeError, _one_error_shape)
+app.add_exception_handler(Exception, _one_error_shape)
 
 
 _CLASSIFY_OPENAPI = {
@@ -166,16 +206,24 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 @serve.deployment
 @serve.ingress(app)
 class Gateway:
-    """The router: validate, run the cascade, answer. Holds no model."""
+    """The router: validate, run the cascade, answer.
+
+    Holds no model, except a student with ``colocate: true``: then the student runs in this process
+    (``colocated_student`` is its settings) and a student answer costs no handle hop.
+    """
 
     def __init__(
         self,
-        student: DeploymentHandle[Any],
+        student: DeploymentHandle[Any] | None,
         teacher: DeploymentHandle[Any],
         roles: dict[str, dict[str, Any]],
         drift_reference: dict[str, list[float]] | None = None,
+        colocated_student: dict[str, Any] | None = None,
     ) -> None:
-        self._handles = {"student": student, "teacher": teacher}
+        self._handles: dict[str, Any] = {"student": student, "teacher": teacher}
+        self._local: dict[str, ModelRunner] = {}
+        if colocated_student is not None:
+            self._local["student"] = ModelRunner("student", ModelSettings.model_validate(colocated_student))
         self._roles = roles
         self._labels: list[str] = roles["student"]["labels"]
         self._versions = {role: roles[role]["version"] for role in ROLES}
@@ -222,11 +270,10 @@ class Gateway:
         Returns the logits and the compute seconds they used on the role's replicas.
         """
         size = self._roles[role]["max_batch_size"]
-        handle = self._handles[role]
+        local = self._local.get(role)
+        call = local.logits if local is not None else self._handles[role].logits.remote
         try:
-            parts = await asyncio.gather(
-                *(handle.logits.remote(texts[i : i + size]) for i in range(0, len(texts), size))
-            )
+            parts = await asyncio.gather(*(call(texts[i : i + size]) for i in range(0, len(texts), size)))
         except BackPressureError as error:
             raise Overloaded(f"the {role} is at its queue limit; retry shortly") from error
         return np.concatenate([logits for logits, _ in parts], axis=0), sum(seconds for _, seconds in parts)
@@ -355,6 +402,9 @@ class Gateway:
         """Both roles are loaded and answering."""
         roles: dict[str, str] = {}
         for role, handle in self._handles.items():
+            if role in self._local:
+                roles[role] = "ready"  # loaded and warmed up in this process before it took traffic
+                continue
             try:
                 await asyncio.wait_for(handle.info.remote(), c.READINESS_PROBE_TIMEOUT_S)
                 roles[role] = "ready"
@@ -386,6 +436,7 @@ def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
         "backend": "onnx" if settings.backend == "onnx" or (settings.backend == "auto" and ref.has_onnx) else "torch",
         "device": settings.device,
         "max_batch_size": settings.batching.max_batch_size,
+        "placement": "ingress" if settings.colocate else "deployment",
     }
 
 
@@ -413,15 +464,28 @@ def build_app(config: GatewayConfig) -> serve.Application:
     roles = {role: _role_summary(refs[role], getattr(config, role)) for role in ROLES}
     # @serve.deployment turned both classes into Deployments; mypy still sees the classes.
     replica, gateway = cast(Deployment, ModelReplica), cast(Deployment, Gateway)
+    colocated = config.student.colocate
     handles = {
         role: replica.options(**getattr(config, role).deployment.ray_options(role)).bind(
             role, getattr(config, role).model_dump()
         )
         for role in ROLES
+        if not (role == "student" and colocated)
     }
     return gateway.options(**config.ingress.ray_options("gateway"), user_config=gateway_user_config(config)).bind(
-        handles["student"], handles["teacher"], roles, _drift_reference(refs["student"])
+        handles.get("student"),
+        handles["teacher"],
+        roles,
+        _drift_reference(refs["student"]),
+        config.student.model_dump() if colocated else None,
     )
 
 
-__all__ = ["Gateway", "ModelReplica", "build_app", "gateway_user_config"]
+def build_direct_student_app(config: GatewayConfig) -> serve.Application:
+    """The student's deployment alone as an HTTP app (for measuring the router's overhead)."""
+    replica = cast(Deployment, ModelReplica)
+    options = config.student.deployment.ray_options("student-direct")
+    return replica.options(**options).bind("student", config.student.model_dump())
+
+
+__all__ = ["Gateway", "ModelReplica", "build_app", "build_direct_student_app", "gateway_user_config"]

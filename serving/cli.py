@@ -69,6 +69,7 @@ def serve_gateway(
     startup_timeout_s: float = c.DEFAULT_STARTUP_TIMEOUT_S,
     stop: threading.Event | None = None,
     log_level: str = "WARNING",
+    direct_student: bool = False,
 ) -> None:
     """Start (or join) Ray, deploy the gateway, wait for it to be ready, serve until ``stop`` is set.
 
@@ -80,7 +81,7 @@ def serve_gateway(
     from ray.serve.config import HTTPOptions
     from ray.serve.schema import LoggingConfig
 
-    from serving.app import build_app
+    from serving.app import build_app, build_direct_student_app
 
     application = build_app(config)  # resolves and verifies both models before Ray starts
     stop = stop or threading.Event()
@@ -103,6 +104,14 @@ def serve_gateway(
             blocking=False,
             logging_config=LoggingConfig(log_level=log_level, enable_access_log=False),
         )
+        if direct_student:
+            serve.run(
+                build_direct_student_app(config),
+                name=c.DIRECT_STUDENT_APP_NAME,
+                route_prefix=c.DIRECT_STUDENT_ROUTE,
+                blocking=False,
+                logging_config=LoggingConfig(log_level=log_level, enable_access_log=False),
+            )
         base_url = f"http://{config.http.host}:{config.http.port}"
         _wait_until_ready(base_url, startup_timeout_s)
         print(f"cascade-gateway listening on {base_url}  (docs: {base_url}/docs; Ctrl-C stops)", flush=True)
@@ -116,6 +125,8 @@ def serve_gateway(
             ray.shutdown()
         else:
             serve.delete(c.SERVE_APP_NAME)
+            if direct_student:
+                serve.delete(c.DIRECT_STUDENT_APP_NAME)
             ray.shutdown()
 
 
@@ -140,6 +151,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         startup_timeout_s=args.startup_timeout,
         stop=_stop_on_signals(),
         log_level=args.log_level,
+        direct_student=args.direct_student,
     )
     return 0
 
@@ -393,6 +405,36 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_loadtest(args: argparse.Namespace) -> int:
+    from loadtests.harness import LoadTestSettings, run_loadtest
+
+    settings = LoadTestSettings(
+        teacher=args.teacher,
+        student=args.student,
+        dataset=args.dataset,
+        output=args.output,
+        p99_target_ms=args.p99_target_ms,
+        start_rate=args.start_rate,
+        growth=args.growth,
+        max_rate=args.max_rate,
+        stage_seconds=args.stage_seconds,
+        warmup_seconds=args.warmup_seconds,
+        repeats=args.repeats,
+        texts_per_request=args.texts_per_request,
+        rate_per_user=args.rate_per_user,
+        overhead_requests=args.overhead_requests,
+        threshold=args.threshold,
+        student_price=args.student_price,
+        teacher_price=args.teacher_price,
+        model_threads=args.model_threads,
+        colocate_student=args.colocate_student,
+        gateway_cpus=args.gateway_cpus,
+        generator_cpus=args.generator_cpus,
+    )
+    run_loadtest(settings)
+    return 0
+
+
 def _add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
     parser.add_argument("--train", required=True, type=Path, help="training JSONL ({text, label} per line)")
     parser.add_argument("--dev", type=Path, help="dev JSONL: early stopping and reported accuracy")
@@ -440,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for readiness",
     )
     serve.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument(
+        "--direct-student",
+        action="store_true",
+        help=f"also serve the student deployment alone at {c.DIRECT_STUDENT_ROUTE} (load tests: router overhead)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     demo = commands.add_parser("build-demo", help="build (or find) the embedded demo pair and print where it is")
@@ -551,6 +598,39 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--step", type=float, default=60.0, help="seconds between samples")
     report.add_argument("--out", type=Path, default=Path("cascade-report.html"), help="HTML page (PNG beside it)")
     report.set_defaults(func=_cmd_report)
+
+    from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+
+    load = commands.add_parser(
+        "loadtest", help="teacher only, student only and the cascade under the same load, side by side"
+    )
+    load.add_argument("--teacher", required=True, help="teacher model folder")
+    load.add_argument("--student", required=True, help="student model folder (calibrated: its τ is used)")
+    load.add_argument("--dataset", required=True, type=Path, help="traffic JSONL ({text, label})")
+    load.add_argument("--output", type=Path, default=Path("docs/benchmarks"), help="loadtest.{json,csv,png,md} go here")
+    load.add_argument("--p99-target-ms", type=float, default=300.0)
+    load.add_argument("--start-rate", type=float, default=10.0, help="first offered rate, req/s")
+    load.add_argument("--growth", type=float, default=1.5, help="offered rate × this per stage")
+    load.add_argument("--max-rate", type=float, default=3000.0)
+    load.add_argument("--stage-seconds", type=float, default=15.0)
+    load.add_argument("--warmup-seconds", type=float, default=3.0, help="not counted at the start of each stage")
+    load.add_argument("--repeats", type=int, default=3)
+    load.add_argument("--texts-per-request", type=int, default=1)
+    load.add_argument("--rate-per-user", type=float, default=2.0, help="req/s per Locust user (open loop)")
+    load.add_argument("--overhead-requests", type=int, default=300, help="sequential requests per overhead run")
+    load.add_argument("--threshold", type=float, help="cascade τ (default: the student's calibrated one)")
+    load.add_argument("--student-price", type=float, default=DEFAULT_CPU_NODE_DOLLARS_PER_HOUR)
+    load.add_argument(
+        "--teacher-price",
+        type=float,
+        default=DEFAULT_CPU_NODE_DOLLARS_PER_HOUR,
+        help="$/h; default the CPU price, as both roles run on this machine's CPU",
+    )
+    load.add_argument("--model-threads", type=int, default=1)
+    load.add_argument("--colocate-student", action="store_true", help="run the student inside the ingress")
+    load.add_argument("--gateway-cpus", help="taskset CPU list for the gateway (default: all but the last core)")
+    load.add_argument("--generator-cpus", help="taskset CPU list for Locust (default: the last core)")
+    load.set_defaults(func=_cmd_loadtest)
     return parser
 
 

@@ -173,6 +173,9 @@ class ModelSettings(_Strict):
     max_length: PositiveInt = c.DEFAULT_MAX_LENGTH_TOKENS
     batching: BatchingSettings = BatchingSettings()
     deployment: DeploymentSettings = DeploymentSettings()
+    colocate: bool = False
+    """Student only: run in each ingress replica instead of its own deployment (no handle hop per
+    answer; ``deployment`` is then unused and the ingress's settings place and scale the student)."""
 
     @model_validator(mode="after")
     def _batch_fits(self) -> ModelSettings:
@@ -206,6 +209,12 @@ class GatewayConfig(_Strict):
     student: ModelSettings
     teacher: ModelSettings
     ingress: DeploymentSettings = Field(default_factory=_ingress_deployment)
+
+    @model_validator(mode="after")
+    def _teacher_stands_alone(self) -> GatewayConfig:
+        if self.teacher.colocate:
+            raise ValueError("teacher.colocate must be false: the teacher runs on its own (GPU) replicas")
+        return self
 
 
 def _describe(error: ValidationError) -> str:

@@ -1,0 +1,188 @@
+"""The load-test suite: its arithmetic, the Locust scenarios against a no-op endpoint, and a smoke run of
+``cascade loadtest`` end to end on tiny models (seconds per stage)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loadtests.harness import (
+    ConfigurationRun,
+    LoadTestSettings,
+    Stage,
+    quality,
+    run_loadtest,
+    stage_stats,
+    summarise,
+)
+from loadtests.scenarios import scenario_stages as _stages
+from tests.builders import TinyPair
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _record(t: float, ms: float, status: int = 200, escalated: bool = False, **extra: Any) -> dict[str, Any]:
+    record = {"t": t, "ms": ms, "status": status, "mix": ["main"], "index": [0], "gold": ["a"]}
+    if status == 200:
+        record |= {"label": ["a"], "served_by": ["student"], "escalated": [escalated]}
+    return record | extra
+
+
+def test_stage_stats_skip_the_warm_up_and_count_errors_and_escalations() -> None:
+    records = [_record(100.5, 999.0)]  # in the warm-up: ignored
+    records += [_record(101 + i / 10, float(i + 1), escalated=i % 4 == 0) for i in range(100)]
+    records += [_record(110.5, 5.0, status=503)]
+    stats = stage_stats(records, started=100.0, warmup_s=1.0, duration_s=12.0)
+    assert stats["requests"] == 101
+    assert stats["achieved_rps"] == pytest.approx(100 / 11)
+    assert stats["p50_ms"] == pytest.approx(50.5)
+    assert stats["p99_ms"] == pytest.approx(99.01)
+    assert stats["error_rate"] == pytest.approx(1 / 101)
+    assert stats["escalation_rate"] == pytest.approx(25 / 100)
+
+
+def test_quality_scores_gold_and_agreement_only_on_the_main_mix() -> None:
+    records = [
+        _record(0, 1, index=[1, 2], gold=["a", "b"], label=["a", "a"], mix=["main", "main"]),
+        _record(0, 1, index=[3], gold=["c"], label=["x"], mix=["hard"]),
+    ]
+    measured = quality(records, teacher_labels={1: "a", 2: "b"})
+    assert measured == {"accuracy": 0.5, "agreement": 0.5}
+
+
+def _run(repeat: int, configuration: str, rps: float, accuracy: float, cost: float) -> ConfigurationRun:
+    stage = Stage(repeat, configuration, rps, rps, 100, 10.0, 20.0, 30.0, 0.0, 0.0, True)
+    return ConfigurationRun(repeat, configuration, [stage], rps, accuracy, None, 0.0, cost, at_sustained=stage)
+
+
+def test_summary_takes_ratios_within_a_repeat_then_their_median() -> None:
+    runs = [
+        _run(1, "teacher_only", 10, 0.90, 1.0),
+        _run(1, "cascade", 30, 0.89, 0.2),
+        _run(2, "teacher_only", 20, 0.92, 1.0),
+        _run(2, "cascade", 40, 0.92, 0.3),
+        _run(3, "teacher_only", 10, 0.91, 2.0),
+        _run(3, "cascade", 25, 0.905, 0.2),
+    ]
+    summary = summarise(runs)
+    ratios = summary["cascade_vs_teacher"]
+    assert [r["throughput_ratio"] for r in ratios["per_repeat"]] == [3.0, 2.0, 2.5]
+    assert ratios["median_throughput_ratio"] == 2.5  # not 30/10 from the medians of each side
+    assert ratios["median_accuracy_gap_points"] == pytest.approx(0.5)
+    assert ratios["median_cost_ratio"] == pytest.approx(0.2)
+    assert summary["configurations"]["teacher_only"]["sustained_rps"] == 10
+
+
+def test_scenario_shapes_are_bounded_and_shaped() -> None:
+    assert _stages("steady", 10, 60) == [(60, 10)]
+    ramp = _stages("ramp", 16, 80)
+    assert [users for _, users in ramp] == [2, 4, 6, 8, 10, 12, 14, 16] and ramp[-1][0] == 80
+    assert _stages("spike", 4, 50) == [(20.0, 4), (30.0, 20), (50, 4)]
+    with pytest.raises(ValueError, match="steady, ramp, spike or drift"):
+        _stages("flood", 1, 1)
+
+
+@pytest.fixture()
+def noop_server() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "loadtests.noop_server", "--port", str(port)], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.post(url, json={}, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_drift_scenario_switches_the_mix_halfway(noop_server: str, tmp_path: Path) -> None:
+    data = tmp_path / "mix.jsonl"
+    data.write_text("".join(json.dumps({"text": f"t{i}", "label": "ab"[i % 2]}) + "\n" for i in range(20)))
+    results = tmp_path / "records.jsonl"
+    env = {
+        **os.environ,
+        "CASCADE_DATASET": str(data),
+        "CASCADE_SCENARIO": "drift",
+        "CASCADE_USERS": "4",
+        "CASCADE_DURATION_S": "4",
+        "CASCADE_RATE_PER_USER": "10",
+        "CASCADE_RESULTS": str(results),
+    }
+    locust = Path(sys.executable).parent / "locust"
+    completed = subprocess.run(
+        [
+            str(locust),
+            "-f",
+            str(ROOT / "loadtests" / "locustfile.py"),
+            "--headless",
+            "--host",
+            noop_server,
+            "--only-summary",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert results.exists(), completed.stderr[-2000:]
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(records) > 20
+    assert all(r["status"] == 200 for r in records)
+    records.sort(key=lambda r: r["t"])
+    first, last = records[: len(records) // 4], records[-len(records) // 4 :]
+    assert {m for r in first for m in r["mix"]} == {"before"}
+    assert {m for r in last for m in r["mix"]} == {"after"}
+    # "before" holds the first half of the labels, "after" the other half
+    assert {g for r in records for g, m in zip(r["gold"], r["mix"], strict=True) if m == "before"} == {"a"}
+    assert {g for r in records for g, m in zip(r["gold"], r["mix"], strict=True) if m == "after"} == {"b"}
+
+
+def test_cascade_loadtest_smoke_run_writes_the_report(tiny_pair: TinyPair, tmp_path: Path) -> None:
+    data = tmp_path / "traffic.jsonl"
+    data.write_text(tiny_pair.data.read_text() * 5)
+    settings = LoadTestSettings(
+        teacher=str(tiny_pair.teacher),
+        student=str(tiny_pair.student),
+        dataset=data,
+        output=tmp_path / "report",
+        p99_target_ms=5000,
+        start_rate=4,
+        growth=2,
+        max_rate=8,
+        stage_seconds=4,
+        warmup_seconds=1,
+        repeats=1,
+        overhead_requests=40,
+        threshold=0.6,
+    )
+    lines: list[str] = []
+    result = run_loadtest(settings, log=lines.append)
+    print("\n".join(lines))
+    for name in ("loadtest.json", "loadtest.csv", "loadtest.png", "loadtest.md"):
+        assert (tmp_path / "report" / name).stat().st_size > 0, name
+    summary = result["summary"]
+    assert set(summary["configurations"]) == {"teacher_only", "student_only", "cascade"}
+    for configuration in summary["configurations"].values():
+        assert configuration["sustained_rps"] == 8  # the ramp's cap: every stage passed
+        assert configuration["accuracy"] is not None
+        assert configuration["cost_per_1000_dollars"] > 0
+    assert summary["configurations"]["student_only"]["escalation_rate"] == 0
+    assert summary["cascade_vs_teacher"]["median_throughput_ratio"] == 1.0
+    assert result["generator_ceiling"]["requests_per_s"] > 0
+    assert result["overhead"]["median_student_direct_p50_ms"] > 0
+    assert any("teacher_only" in line and "offered" in line for line in lines), "no per-stage progress"
