@@ -77,12 +77,22 @@ class Mix:
                 self.before = [row for row in self.main if row[2] in first]
                 self.after = [row for row in self.main if row[2] not in first]
 
+        # The main mix goes through the dataset in one fixed shuffled order, so that every run (and
+        # every configuration of `cascade loadtest`) sees the same texts first and covers them all.
+        self.order = list(range(len(self.main)))
+        random.Random(0).shuffle(self.order)
+        self.cursor = 0
+
     def pick(self, rng: random.Random) -> tuple[str, Row]:
         if self.hard and rng.random() < self.hard_share:
             return "hard", rng.choice(self.hard)
-        if self.drift_at is not None and time.time() >= self.drift_at:
-            return "after", rng.choice(self.after)
-        return "main" if self.drift_at is None else "before", rng.choice(self.before)
+        if self.drift_at is not None:
+            if time.time() >= self.drift_at:
+                return "after", rng.choice(self.after)
+            return "before", rng.choice(self.before)
+        row = self.main[self.order[self.cursor % len(self.order)]]
+        self.cursor += 1
+        return "main", row
 
 
 class _Run:

@@ -414,6 +414,7 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         output=args.output,
         p99_target_ms=args.p99_target_ms,
+        extra_p99_targets_ms=tuple(args.extra_p99_target_ms),
         start_rate=args.start_rate,
         growth=args.growth,
         max_rate=args.max_rate,
@@ -609,6 +610,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--dataset", required=True, type=Path, help="traffic JSONL ({text, label})")
     load.add_argument("--output", type=Path, default=Path("docs/benchmarks"), help="loadtest.{json,csv,png,md} go here")
     load.add_argument("--p99-target-ms", type=float, default=300.0)
+    load.add_argument(
+        "--extra-p99-target-ms",
+        type=float,
+        action="append",
+        default=[],
+        help="also read sustained throughput off the same run at this target (repeatable)",
+    )
     load.add_argument("--start-rate", type=float, default=10.0, help="first offered rate, req/s")
     load.add_argument("--growth", type=float, default=1.5, help="offered rate × this per stage")
     load.add_argument("--max-rate", type=float, default=3000.0)

@@ -19,6 +19,7 @@ from loadtests.harness import (
     ConfigurationRun,
     LoadTestSettings,
     Stage,
+    paired_accuracy_gap,
     quality,
     run_loadtest,
     stage_stats,
@@ -60,9 +61,25 @@ def test_quality_scores_gold_and_agreement_only_on_the_main_mix() -> None:
     assert measured == {"accuracy": 0.5, "agreement": 0.5}
 
 
+def test_accuracy_gap_is_paired_on_the_texts_both_answered() -> None:
+    teacher: dict[int, tuple[str | None, str]] = {1: ("a", "a"), 2: ("b", "b"), 3: ("c", "x")}
+    cascade: dict[int, tuple[str | None, str]] = {1: ("a", "a"), 2: ("b", "z"), 4: ("d", "d")}
+    assert paired_accuracy_gap(teacher, cascade) == pytest.approx(50.0)  # texts 1 and 2: 2 right vs 1
+
+
 def _run(repeat: int, configuration: str, rps: float, accuracy: float, cost: float) -> ConfigurationRun:
     stage = Stage(repeat, configuration, rps, rps, 100, 10.0, 20.0, 30.0, 0.0, 0.0, True)
-    return ConfigurationRun(repeat, configuration, [stage], rps, accuracy, None, 0.0, cost, at_sustained=stage)
+    return ConfigurationRun(
+        repeat,
+        configuration,
+        [stage],
+        sustained_rps=rps,
+        sustained_rps_by_target={"100": rps, "200": 2 * rps},
+        accuracy=accuracy,
+        cost_per_1000_dollars=cost,
+        at_sustained=stage,
+        answers={i: ("a", "a" if i < round(1000 * accuracy) / 10 else "b") for i in range(100)},
+    )
 
 
 def test_summary_takes_ratios_within_a_repeat_then_their_median() -> None:
@@ -72,13 +89,14 @@ def test_summary_takes_ratios_within_a_repeat_then_their_median() -> None:
         _run(2, "teacher_only", 20, 0.92, 1.0),
         _run(2, "cascade", 40, 0.92, 0.3),
         _run(3, "teacher_only", 10, 0.91, 2.0),
-        _run(3, "cascade", 25, 0.905, 0.2),
+        _run(3, "cascade", 25, 0.90, 0.2),
     ]
     summary = summarise(runs)
     ratios = summary["cascade_vs_teacher"]
     assert [r["throughput_ratio"] for r in ratios["per_repeat"]] == [3.0, 2.0, 2.5]
     assert ratios["median_throughput_ratio"] == 2.5  # not 30/10 from the medians of each side
-    assert ratios["median_accuracy_gap_points"] == pytest.approx(0.5)
+    assert ratios["median_accuracy_gap_points"] == pytest.approx(1.0)  # paired on the answers: 90-89, 92-92, 91-90
+    assert ratios["median_throughput_ratio_by_p99_target_ms"] == {"100": 2.5, "200": 2.5}
     assert ratios["median_cost_ratio"] == pytest.approx(0.2)
     assert summary["configurations"]["teacher_only"]["sustained_rps"] == 10
 
@@ -169,6 +187,7 @@ def test_cascade_loadtest_smoke_run_writes_the_report(tiny_pair: TinyPair, tmp_p
         repeats=1,
         overhead_requests=40,
         threshold=0.6,
+        extra_p99_targets_ms=(10_000,),
     )
     lines: list[str] = []
     result = run_loadtest(settings, log=lines.append)
@@ -183,6 +202,7 @@ def test_cascade_loadtest_smoke_run_writes_the_report(tiny_pair: TinyPair, tmp_p
         assert configuration["cost_per_1000_dollars"] > 0
     assert summary["configurations"]["student_only"]["escalation_rate"] == 0
     assert summary["cascade_vs_teacher"]["median_throughput_ratio"] == 1.0
+    assert summary["cascade_vs_teacher"]["median_throughput_ratio_by_p99_target_ms"] == {"5000": 1.0, "10000": 1.0}
     assert result["generator_ceiling"]["requests_per_s"] > 0
     assert result["overhead"]["median_student_direct_p50_ms"] > 0
     assert any("teacher_only" in line and "offered" in line for line in lines), "no per-stage progress"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Reproduces docs/benchmarks/loadtest.{md,json,csv,png} on BANKING77:
+#   bash loadtests/banking77.sh            (about 25 minutes on 2 cores)
+# Needs the teacher and the bag-of-embeddings student of `cascade benchmark-distill` (runs/benchmark).
+# Splits dev in halves exactly as `cascade benchmark-cascade` does (numpy permutation, seed 0),
+# calibrates a copy of the student on the first half (accuracy at most 0.3 points below the
+# teacher, at least cost), and sends the second half, which calibration never saw, as traffic.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATASETS=${DATASETS:-../shared/datasets}
+MODELS=${MODELS:-runs/benchmark/banking77}
+WORK=${WORK:-runs/loadtest/banking77}
+BIN=${BIN:-.venv/bin}
+mkdir -p "$WORK"
+"$BIN/python" - "$DATASETS/banking77/dev.jsonl" "$WORK" <<'PY'
+import sys
+from pathlib import Path
+import numpy as np
+lines = [l for l in Path(sys.argv[1]).read_text(encoding="utf-8").splitlines() if l.strip()]
+rows = np.random.default_rng(0).permutation(len(lines))
+halves = {"calibration.jsonl": np.sort(rows[: len(rows) // 2]), "traffic.jsonl": np.sort(rows[len(rows) // 2 :])}
+for name, picked in halves.items():
+    Path(sys.argv[2], name).write_text("".join(lines[i] + "\n" for i in picked), encoding="utf-8")
+PY
+rm -rf "$WORK/student" && cp -r "$MODELS/student-bag" "$WORK/student"
+PRICE=0.08925  # both roles run on this machine's CPU: price both as the CPU node
+"$BIN/cascade" calibrate --teacher "$MODELS/teacher" --student "$WORK/student" --data "$WORK/calibration.jsonl" \
+    --max-quality-loss 0.3 --student-price $PRICE --teacher-price $PRICE --threads 1
+CASCADE_REPRODUCE="bash loadtests/banking77.sh" "$BIN/cascade" loadtest --teacher "$MODELS/teacher" --student "$WORK/student" --dataset "$WORK/traffic.jsonl" \
+    --colocate-student --p99-target-ms 250 --extra-p99-target-ms 500 --start-rate 8 --growth 1.25 --stage-seconds 10 --warmup-seconds 2 \
+    --repeats 3 --overhead-requests 300 --output "${OUTPUT:-docs/benchmarks}" "$@"
