@@ -13,6 +13,7 @@ batches of texts into logits (and say what compute time each call used). ``casca
 # of the ingress methods, which Ray Serve's class-based ingress wraps.
 import asyncio
 import logging
+import os
 import random
 import time
 from typing import Any, cast
@@ -26,7 +27,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router import CascadePolicy, Signal
+from router import CascadePolicy, Signal, softmax
 from serving import constants as c
 from serving.artifact import ModelRef, check_same_labels, resolve_model
 from serving.backends import load_backend
@@ -39,6 +40,7 @@ from serving.config import (
     LimitSettings,
     ModelSettings,
     ShadowSettings,
+    TrafficLogSettings,
 )
 from serving.errors import CascadeError, Overloaded, error_response
 from serving.metrics import GatewayMetrics, ReplicaMetrics, RequestUsage
@@ -49,6 +51,7 @@ from serving.schemas import (
     check_body_size,
     parse_classify_request,
 )
+from serving.traffic_log import TrafficLogWriter, TrafficRecord
 
 logger = logging.getLogger("cascade.gateway")
 ROLES = ("student", "teacher")
@@ -66,10 +69,10 @@ class ModelRunner:
     the ingress itself. ``@serve.batch`` works on any async method, not only a deployment's.
     """
 
-    def __init__(self, role: str, settings: ModelSettings) -> None:
+    def __init__(self, role: str, settings: ModelSettings, location: str | None = None) -> None:
         self.role = role
         self.settings = settings
-        self.ref = resolve_model(settings.model)
+        self.ref = resolve_model(location or settings.model)
         self.backend = load_backend(
             self.ref,
             backend=settings.backend,
@@ -122,18 +125,45 @@ class ModelRunner:
         }
 
 
+async def _swap(current: ModelRunner | None, role: str, settings: ModelSettings, location: str | None) -> ModelRunner:
+    """The runner for ``location``: the current one if it already runs it, else a new one, loaded off-loop."""
+    if current is not None and location in (None, current.ref.location):
+        return current
+    runner = await asyncio.to_thread(ModelRunner, role, settings, location)
+    if current is not None:
+        logger.warning("%s: swapped %s for %s", role, current.ref.version, runner.ref.version)
+    return runner
+
+
 @serve.deployment
 class ModelReplica:
-    """One role's model as its own deployment (the default placement of both roles)."""
+    """One role's model as its own deployment (the default placement of both roles).
+
+    Which model folder it runs is its ``user_config`` (``{"model": <resolved folder>}``), so that a
+    promotion or rollback reaches it through ``reconfigure``: the new model is loaded and warmed up
+    beside the old one, then swapped in; calls already in a batch finish on the old one. No replica
+    restarts and no request fails.
+    """
 
     def __init__(self, role: str, settings: dict[str, Any]) -> None:
-        self._runner = ModelRunner(role, ModelSettings.model_validate(settings))
+        self._role = role
+        self._settings = ModelSettings.model_validate(settings)
+        self._runner: ModelRunner | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self._runner = await _swap(self._runner, self._role, self._settings, user_config.get("model"))
+
+    @property
+    def runner(self) -> ModelRunner:
+        if self._runner is None:  # Ray Serve calls reconfigure before the first request
+            raise RuntimeError("the replica has no model: its user_config never arrived")
+        return self._runner
 
     async def logits(self, texts: list[str]) -> tuple[np.ndarray, float]:
-        return await self._runner.logits(texts)
+        return await self.runner.logits(texts)
 
     def info(self) -> dict[str, Any]:
-        return self._runner.info()
+        return self.runner.info()
 
     async def __call__(self, request: Request) -> JSONResponse:
         """The replica as its own HTTP endpoint (``cascade serve --direct-student``), for load tests only.
@@ -144,9 +174,9 @@ class ModelReplica:
         """
         body = await request.json()
         texts = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
-        logits, _ = await self._runner.logits(texts)
-        verdict = CascadePolicy(0.0, Signal.MAX_PROB, self._runner.ref.temperature).judge(logits)
-        labels = self._runner.ref.labels
+        logits, _ = await self.runner.logits(texts)
+        verdict = CascadePolicy(0.0, Signal.MAX_PROB, self.runner.ref.temperature).judge(logits)
+        labels = self.runner.ref.labels
         return JSONResponse(
             {
                 "results": [
@@ -216,30 +246,33 @@ class Gateway:
         self,
         student: DeploymentHandle[Any] | None,
         teacher: DeploymentHandle[Any],
-        roles: dict[str, dict[str, Any]],
-        drift_reference: dict[str, list[float]] | None = None,
         colocated_student: dict[str, Any] | None = None,
     ) -> None:
         self._handles: dict[str, Any] = {"student": student, "teacher": teacher}
         self._local: dict[str, ModelRunner] = {}
-        if colocated_student is not None:
-            self._local["student"] = ModelRunner("student", ModelSettings.model_validate(colocated_student))
-        self._roles = roles
-        self._labels: list[str] = roles["student"]["labels"]
-        self._versions = {role: roles[role]["version"] for role in ROLES}
-        self._drift_reference = drift_reference
+        self._colocated = ModelSettings.model_validate(colocated_student) if colocated_student else None
         self._metrics = GatewayMetrics()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._random = random.Random()
-        # Ray Serve calls reconfigure(user_config) right after construction; defaults until then.
-        self.reconfigure({})
+        self._traffic_log: TrafficLogWriter | None = None
+        self._traffic_log_settings: TrafficLogSettings | None = None
+        # Ray Serve calls reconfigure(user_config) right after construction, before any request.
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply ``cascade``, ``limits``, ``cost``, ``shadow`` and ``drift`` live (on a config change)."""
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply the live settings and the models in service (on start, a config change or a promotion)."""
+        roles: dict[str, dict[str, Any]] = user_config["roles"]
+        if self._colocated is not None:
+            current = self._local.get("student")
+            self._local["student"] = await _swap(current, "student", self._colocated, roles["student"]["model"])
+        self._roles = roles
+        self._labels: list[str] = roles["student"]["labels"]
+        self._versions = {role: roles[role]["version"] for role in ROLES}
+        self._drift_reference = user_config.get("drift_reference")
         self._limits = LimitSettings.model_validate(user_config.get("limits", {}))
         self._shadow = ShadowSettings.model_validate(user_config.get("shadow", {}))
         cost = CostSettings.model_validate(user_config.get("cost", {}))
         drift = DriftSettings.model_validate(user_config.get("drift", {}))
+        self._configure_traffic_log(TrafficLogSettings.model_validate(user_config.get("traffic_log", {})))
         cascade = CascadeSettings.model_validate(user_config.get("cascade", {}))
         calibrated = self._roles["student"].get("calibration") or {}
         self._policy = CascadePolicy(
@@ -264,6 +297,72 @@ class Gateway:
             min_samples=drift.min_samples,
         )
 
+    def _configure_traffic_log(self, settings: TrafficLogSettings) -> None:
+        """(Re)open the traffic-log writer when its settings change; the old one flushes and closes."""
+        if settings == self._traffic_log_settings:
+            return
+        if self._traffic_log is not None:
+            self._traffic_log.close()
+            self._traffic_log = None
+        self._traffic_log_settings = settings
+        if settings.path:
+            self._traffic_log = TrafficLogWriter(
+                settings.path,
+                self._labels,
+                text_policy=settings.keep_text,
+                salt=os.environ.get(settings.salt_env, ""),
+                flush_interval_s=settings.flush_interval_s,
+                max_rows_per_shard=settings.max_rows_per_shard,
+                max_buffered=settings.max_buffered,
+                retention_days=settings.retention_days,
+            )
+
+    def _log(self, request_id: str, reason: Any, text: str, student_probs: Any, teacher_logits: Any) -> None:
+        writer = self._traffic_log
+        if writer is None:
+            return
+        writer.record(
+            TrafficRecord(
+                request_id=request_id,
+                time=time.time(),
+                reason=reason,
+                text=text,
+                student_label=self._labels[int(np.argmax(student_probs))] if student_probs is not None else None,
+                student_probs=student_probs.tolist() if student_probs is not None else None,
+                teacher_logits=teacher_logits.tolist() if teacher_logits is not None else None,
+                student_version=self._versions["student"],
+                teacher_version=self._versions["teacher"],
+            )
+        )
+        self._metrics.record_traffic_log(writer.written, writer.dropped)
+
+    def _log_outcome(self, request_id: str, texts: list[str], route: str, outcome: Any) -> None:
+        """Every text the teacher answered, and a sampled share of the others, go to the traffic log."""
+        if self._traffic_log is None or self._traffic_log_settings is None:
+            return
+        probs = None
+        if outcome.student_logits is not None:
+            probs = softmax(outcome.student_logits, self._policy.temperature)
+        reason = "forced" if route == "teacher" else "escalation"
+        for position, row in enumerate(outcome.teacher_rows):
+            self._log(
+                request_id,
+                reason,
+                texts[row],
+                probs[row] if probs is not None else None,
+                outcome.teacher_logits[position],
+            )
+        rate = self._traffic_log_settings.sample_rate
+        if probs is not None and rate > 0:
+            for row, result in enumerate(outcome.results):
+                if result.served_by == "student" and self._random.random() < rate:
+                    self._log(request_id, "sampled", texts[row], probs[row], None)
+
+    def __del__(self) -> None:
+        """Ray Serve calls this when the replica shuts down: write what the traffic log still holds."""
+        if getattr(self, "_traffic_log", None) is not None:
+            self._traffic_log.close()  # type: ignore[union-attr]
+
     async def _call(self, role: str, texts: list[str]) -> tuple[np.ndarray, float]:
         """Send ``texts`` to a role in chunks that fit its batch, concurrently; map Ray's errors.
 
@@ -285,7 +384,7 @@ class Gateway:
             if self._metrics.teacher_seconds_per_text is None:
                 self._metrics.teacher_seconds_per_text = float(info["seconds_per_text"])
 
-    def _maybe_shadow(self, texts: list[str], labels: list[str]) -> None:
+    def _maybe_shadow(self, request_id: str, texts: list[str], labels: list[str], probs: list[Any]) -> None:
         """Sample the student's answers for a shadow call to the teacher; never waits, never queues."""
         rate = self._shadow.rate
         if rate <= 0.0:
@@ -296,11 +395,17 @@ class Gateway:
         if len(self._shadow_tasks) >= self._shadow.max_in_flight:
             self._metrics.record_shadow("dropped", texts=len(sampled))
             return
-        task = asyncio.create_task(self._shadow_call([texts[i] for i in sampled], [labels[i] for i in sampled]))
+        task = asyncio.create_task(
+            self._shadow_call(
+                request_id, [texts[i] for i in sampled], [labels[i] for i in sampled], [probs[i] for i in sampled]
+            )
+        )
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _shadow_call(self, texts: list[str], student_labels: list[str]) -> None:
+    async def _shadow_call(
+        self, request_id: str, texts: list[str], student_labels: list[str], student_probs: list[Any]
+    ) -> None:
         try:
             logits, seconds = await self._call("teacher", texts)
         except Overloaded:
@@ -311,6 +416,8 @@ class Gateway:
             self._metrics.record_shadow("failed", texts=len(texts))
             return
         teacher_labels = [self._labels[int(i)] for i in np.argmax(logits, axis=1)]
+        for text, probs, row in zip(texts, student_probs, logits, strict=True):
+            self._log(request_id, "shadow", text, probs, row)
         agree = sum(1 for a, b in zip(student_labels, teacher_labels, strict=True) if a == b)
         if agree:
             self._metrics.record_shadow("agree", seconds * agree / len(texts), agree)
@@ -372,8 +479,17 @@ class Gateway:
             student_confidence=outcome.student_confidence,
             usage=usage,
         )
+        request_id = request.headers.get("x-request-id", "")
+        self._log_outcome(request_id, parsed.texts, parsed.route, outcome)
         answered = [i for i, who in enumerate(served_by) if who == "student"]
-        self._maybe_shadow([parsed.texts[i] for i in answered], [outcome.results[i].label for i in answered])
+        if answered and self._shadow.rate > 0 and outcome.student_logits is not None:
+            probs = softmax(outcome.student_logits, self._policy.temperature)
+            self._maybe_shadow(
+                request_id,
+                [parsed.texts[i] for i in answered],
+                [outcome.results[i].label for i in answered],
+                [probs[i] for i in answered],
+            )
         return {
             "results": [result.model_dump() for result in outcome.results],
             "model_versions": self._versions,
@@ -446,14 +562,18 @@ def _drift_reference(ref: ModelRef) -> dict[str, list[float]] | None:
     return dict(reference) if reference else None
 
 
-def gateway_user_config(config: GatewayConfig) -> dict[str, Any]:
-    """The settings the ingress applies live (its ``user_config``)."""
+def gateway_user_config(config: GatewayConfig, refs: dict[str, ModelRef] | None = None) -> dict[str, Any]:
+    """What the ingress applies live (its ``user_config``): settings, and the models in service."""
+    refs = refs or {role: resolve_model(getattr(config, role).model) for role in ROLES}
     return {
+        "roles": {role: _role_summary(refs[role], getattr(config, role)) for role in ROLES},
+        "drift_reference": _drift_reference(refs["student"]),
         "cascade": config.cascade.model_dump(mode="json"),
         "limits": config.limits.model_dump(),
         "cost": config.cost.model_dump(),
         "shadow": config.shadow.model_dump(),
         "drift": config.drift.model_dump(),
+        "traffic_log": config.traffic_log.model_dump(),
     }
 
 
@@ -461,31 +581,28 @@ def build_app(config: GatewayConfig) -> serve.Application:
     """Resolve both models (checksums, same labels) and bind the application; fails before deploying."""
     refs = {role: resolve_model(getattr(config, role).model) for role in ROLES}
     check_same_labels(refs["student"], refs["teacher"])
-    roles = {role: _role_summary(refs[role], getattr(config, role)) for role in ROLES}
     # @serve.deployment turned both classes into Deployments; mypy still sees the classes.
     replica, gateway = cast(Deployment, ModelReplica), cast(Deployment, Gateway)
     colocated = config.student.colocate
+    # Model folders travel in user_config, never in constructor arguments: a promotion then changes
+    # only user_config, which Ray Serve applies in place (reconfigure) instead of rolling replicas.
     handles = {
-        role: replica.options(**getattr(config, role).deployment.ray_options(role)).bind(
-            role, getattr(config, role).model_dump()
-        )
+        role: replica.options(
+            **getattr(config, role).deployment.ray_options(role), user_config={"model": refs[role].location}
+        ).bind(role, getattr(config, role).model_dump())
         for role in ROLES
         if not (role == "student" and colocated)
     }
-    return gateway.options(**config.ingress.ray_options("gateway"), user_config=gateway_user_config(config)).bind(
-        handles.get("student"),
-        handles["teacher"],
-        roles,
-        _drift_reference(refs["student"]),
-        config.student.model_dump() if colocated else None,
-    )
+    ingress = gateway.options(**config.ingress.ray_options("gateway"), user_config=gateway_user_config(config, refs))
+    return ingress.bind(handles.get("student"), handles["teacher"], config.student.model_dump() if colocated else None)
 
 
 def build_direct_student_app(config: GatewayConfig) -> serve.Application:
     """The student's deployment alone as an HTTP app (for measuring the router's overhead)."""
     replica = cast(Deployment, ModelReplica)
     options = config.student.deployment.ray_options("student-direct")
-    return replica.options(**options).bind("student", config.student.model_dump())
+    location = resolve_model(config.student.model).location
+    return replica.options(**options, user_config={"model": location}).bind("student", config.student.model_dump())
 
 
 __all__ = ["Gateway", "ModelReplica", "build_app", "build_direct_student_app", "gateway_user_config"]

@@ -54,6 +54,19 @@ def _wait_until_ready(base_url: str, deadline_s: float) -> None:
     raise CascadeError(f"the gateway was not ready within {deadline_s:.0f} s (last /readyz: {last})")
 
 
+def registry_locations(config: GatewayConfig) -> dict[str, str]:
+    """The folder each ``registry:`` role points at now (cheap: reads the pointer, hashes nothing)."""
+    from serving.registry import REGISTRY_PREFIX, Registry
+
+    locations = {}
+    for role in ("student", "teacher"):
+        model = getattr(config, role).model
+        if model.startswith(REGISTRY_PREFIX):
+            location = Path(model.removeprefix(REGISTRY_PREFIX)).expanduser()
+            locations[role] = str(Registry(location.parent).current_path(location.name))
+    return locations
+
+
 def _local_metrics_options(port: int) -> dict[str, Any]:
     """A local Ray's metrics agent on a known port, reporting often enough for a 15 s scrape interval."""
     return {
@@ -117,7 +130,16 @@ def serve_gateway(
         print(f"cascade-gateway listening on {base_url}  (docs: {base_url}/docs; Ctrl-C stops)", flush=True)
         if own_ray:
             print(f"metrics for Prometheus: http://{config.http.host}:{config.metrics.port}/metrics", flush=True)
-        stop.wait()
+        deployed = registry_locations(config)
+        while not stop.wait(config.reload.poll_s if deployed else None):
+            current = registry_locations(config)
+            if current != deployed:
+                print(f"registry change: {deployed} → {current}; swapping in place", flush=True)
+                try:
+                    serve.run(build_app(config), name=c.SERVE_APP_NAME, route_prefix="/", blocking=False)
+                    deployed = current
+                except CascadeError as error:  # e.g. a promoted student with other labels: keep serving
+                    print(f"not swapped: {error}", file=sys.stderr, flush=True)
     finally:
         print("cascade-gateway stopping…", flush=True)
         if own_ray:
@@ -436,6 +458,34 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_redistill(args: argparse.Namespace) -> int:
+    from distill.redistill import RedistillSettings, run_redistill
+
+    report = run_redistill(
+        RedistillSettings(
+            registry=args.registry,
+            traffic_log=args.traffic_log,
+            state=args.state,
+            teacher=args.teacher,
+            base_train=args.base_train,
+            min_new_labels=args.min_new_labels,
+            max_disagreement=args.max_disagreement,
+            min_shadow=args.min_shadow,
+            every_s=args.every,
+            force=args.force,
+            holdout_share=args.holdout_share,
+            epochs=args.epochs,
+            learning_rate=args.lr,
+            max_quality_loss=args.max_quality_loss,
+            cost_tolerance=args.cost_tolerance,
+            threads=args.threads,
+            shuffle_training_labels=args.shuffle_labels,
+        )
+    )
+    print(json.dumps({k: report.get(k) for k in ("outcome", "why", "candidate", "report_path")}, indent=2))
+    return 1 if report["outcome"] == "failed" else 0
+
+
 def _add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
     parser.add_argument("--train", required=True, type=Path, help="training JSONL ({text, label} per line)")
     parser.add_argument("--dev", type=Path, help="dev JSONL: early stopping and reported accuracy")
@@ -639,6 +689,28 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--gateway-cpus", help="taskset CPU list for the gateway (default: all but the last core)")
     load.add_argument("--generator-cpus", help="taskset CPU list for Locust (default: the last core)")
     load.set_defaults(func=_cmd_loadtest)
+
+    redistill = commands.add_parser(
+        "redistill", help="train a student on the teacher-labelled traffic log; promote it only if better"
+    )
+    redistill.add_argument("--registry", required=True, type=Path, help="the model registry root")
+    redistill.add_argument("--traffic-log", required=True, type=Path, help="the gateway's traffic_log.path")
+    redistill.add_argument("--state", required=True, type=Path, help="lock, last-run state, reports, metrics")
+    redistill.add_argument("--teacher", help="teacher artifact (default: the registry's current teacher)")
+    redistill.add_argument("--base-train", type=Path, help="base training JSONL mixed with the logged texts")
+    redistill.add_argument("--min-new-labels", type=int, default=200, help="train when this many arrived")
+    redistill.add_argument("--max-disagreement", type=float, default=0.1, help="train when shadow disagreement is over")
+    redistill.add_argument("--min-shadow", type=int, default=50, help="shadow comparisons needed to judge drift")
+    redistill.add_argument("--every", type=float, help="seconds: train at least this often (schedule)")
+    redistill.add_argument("--force", action="store_true", help="train now")
+    redistill.add_argument("--holdout-share", type=float, default=0.25, help="logged texts held back for the gate")
+    redistill.add_argument("--epochs", type=int, default=4)
+    redistill.add_argument("--lr", type=float, default=5e-4)
+    redistill.add_argument("--max-quality-loss", type=float, default=0.3, help="calibration target for the candidate")
+    redistill.add_argument("--cost-tolerance", type=float, default=0.10, help="allowed CPU-time increase")
+    redistill.add_argument("--threads", type=int)
+    redistill.add_argument("--shuffle-labels", action="store_true", help="a deliberately worse candidate (gate check)")
+    redistill.set_defaults(func=_cmd_redistill)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 How each part reloads (``serve.run`` with a changed config):
 
-- ``cascade``, ``limits``, ``cost``, ``shadow`` and ``drift`` are the ingress's ``user_config``: Ray
+- ``cascade``, ``limits``, ``cost``, ``shadow``, ``drift`` and ``traffic_log`` are the ingress's ``user_config``: Ray
   Serve applies them in place through ``Gateway.reconfigure``, with no replica restarted and no request dropped.
 - ``student`` / ``teacher`` (model, backend, device, threads, batching) and every ``deployment``
   setting change the deployment's code or options, so Ray Serve rolls those replicas.
@@ -99,6 +99,37 @@ class DriftSettings(_Strict):
         if self.min_samples > self.window:
             raise ValueError(f"min_samples ({self.min_samples}) must be <= window ({self.window})")
         return self
+
+
+class TrafficLogSettings(_Strict):
+    """The traffic log (``serving.traffic_log``): what the teacher answered, for the next student; live.
+
+    ``path`` unset: no log. ``keep_text`` says per reason what of the text is kept: the text, a
+    salted SHA-256 (salt from the environment variable ``salt_env``), or nothing.
+    ``sample_rate``: share of the other requests (the student answered, the teacher did not run)
+    also logged, without teacher outputs. Shards older than ``retention_days`` are deleted.
+    """
+
+    path: str | None = None
+    keep_text: dict[Literal["escalation", "shadow", "forced", "sampled"], Literal["text", "hash", "none"]] = Field(
+        default_factory=dict
+    )
+    salt_env: str = "CASCADE_TRAFFIC_LOG_SALT"
+    sample_rate: float = Field(0.0, ge=0.0, le=1.0)
+    flush_interval_s: float = Field(c.DEFAULT_TRAFFIC_LOG_FLUSH_S, gt=0)
+    max_rows_per_shard: PositiveInt = c.DEFAULT_TRAFFIC_LOG_ROWS_PER_SHARD
+    max_buffered: PositiveInt = c.DEFAULT_TRAFFIC_LOG_MAX_BUFFERED
+    retention_days: float | None = Field(None, gt=0)
+
+
+class ReloadSettings(_Strict):
+    """How often ``cascade serve`` looks for a promotion or rollback of a ``registry:`` model.
+
+    A change is applied in place (``reconfigure``): the new model loads beside the old one and is
+    swapped in with no restart and no failed request.
+    """
+
+    poll_s: float = Field(c.DEFAULT_REGISTRY_POLL_S, gt=0)
 
 
 class MetricsSettings(_Strict):
@@ -205,6 +236,8 @@ class GatewayConfig(_Strict):
     cost: CostSettings = CostSettings()
     shadow: ShadowSettings = ShadowSettings()
     drift: DriftSettings = DriftSettings()
+    traffic_log: TrafficLogSettings = TrafficLogSettings()
+    reload: ReloadSettings = ReloadSettings()
     metrics: MetricsSettings = MetricsSettings()
     student: ModelSettings
     teacher: ModelSettings

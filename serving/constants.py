@@ -36,6 +36,14 @@ DEFAULT_SHADOW_MAX_IN_FLIGHT = 2
 DEFAULT_DRIFT_WINDOW = 2_000
 DEFAULT_DRIFT_MIN_SAMPLES = 200
 
+# Traffic log: seconds between flushes (the most a crash can lose), rows per shard, buffer bound.
+DEFAULT_TRAFFIC_LOG_FLUSH_S = 10.0
+DEFAULT_TRAFFIC_LOG_ROWS_PER_SHARD = 10_000
+DEFAULT_TRAFFIC_LOG_MAX_BUFFERED = 50_000
+
+# Seconds between looks at the registry for a promoted (or rolled back) model.
+DEFAULT_REGISTRY_POLL_S = 5.0
+
 # Model replicas.
 DEFAULT_MAX_LENGTH_TOKENS = 128
 DEFAULT_MAX_BATCH_SIZE = 32

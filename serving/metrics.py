@@ -38,6 +38,8 @@ QUEUE_DEPTH = "cascade_queue_depth"
 MODEL_INFO = "cascade_model_info"
 HTTP_RESPONSES = "cascade_http_responses_total"
 EXPECTED_ESCALATION = "cascade_expected_escalation_rate"
+TRAFFIC_LOG_WRITTEN = "cascade_traffic_log_written_total"
+TRAFFIC_LOG_DROPPED = "cascade_traffic_log_dropped_total"
 
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "served_by": ("student", "teacher"),
@@ -94,6 +96,8 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(QUEUE_DEPTH, "gauge", "Texts waiting for or in a model batch on this replica, by role.", ("role",)),
         MetricSpec(MODEL_INFO, "gauge", "1 for the model version each replica serves.", ("role", "version")),
         MetricSpec(HTTP_RESPONSES, "counter", "HTTP responses of the ingress by status class.", ("status_class",)),
+        MetricSpec(TRAFFIC_LOG_WRITTEN, "counter", "Traffic-log records written to a shard."),
+        MetricSpec(TRAFFIC_LOG_DROPPED, "counter", "Traffic-log records dropped (buffer full, or a shard failed)."),
         MetricSpec(
             EXPECTED_ESCALATION,
             "gauge",
@@ -146,6 +150,7 @@ class GatewayMetrics:
         self._since_psi = 0
         self.teacher_seconds_per_text: float | None = None
         self._expected_escalation: float | None = None
+        self._traffic_log_seen: dict[str, int] = {}
         self.student_dollars_per_hour = 0.0
         self.teacher_dollars_per_hour = 0.0
 
@@ -234,6 +239,14 @@ class GatewayMetrics:
             dollars = _dollars(teacher_seconds, self.teacher_dollars_per_hour)
             self._m[COST].inc(dollars, tags={"role": "shadow"})
             self._save(-dollars)
+
+    def record_traffic_log(self, written: int, dropped: int) -> None:
+        """Export the writer's running totals (it counts in its own thread; we publish the increase)."""
+        for name, total in ((TRAFFIC_LOG_WRITTEN, written), (TRAFFIC_LOG_DROPPED, dropped)):
+            increase = total - self._traffic_log_seen.get(name, 0)
+            if increase > 0:
+                self._m[name].inc(increase)
+                self._traffic_log_seen[name] = total
 
     def record_response(self, status: int) -> None:
         self._m[HTTP_RESPONSES].inc(1, tags={"status_class": f"{min(max(status // 100, 2), 5)}xx"})

@@ -282,6 +282,11 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                 "Responses by status class", [(_r(m.HTTP_RESPONSES, by="status_class"), "{{status_class}}")], "reqps"
             ),
             Panel(
+                "Traffic log: records written and dropped per second",
+                [(_r(m.TRAFFIC_LOG_WRITTEN), "written"), (f"{_r(m.TRAFFIC_LOG_DROPPED)} or vector(0)", "dropped")],
+                "ops",
+            ),
+            Panel(
                 "5xx share",
                 [(f"({_r(m.HTTP_RESPONSES, FIVE_XX)} or vector(0)) / {_r(m.HTTP_RESPONSES)}", "5xx")],
                 "percentunit",

@@ -102,6 +102,11 @@ class Registry:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
 
+    def current_path(self, role: str) -> Path | None:
+        """The current version's folder from the pointer alone (no checksum pass: cheap enough to poll)."""
+        pointer = self._read_pointer(role)["current"]
+        return self.path_of(pointer["name"], pointer["version"]) if pointer else None
+
     def current(self, role: str) -> Entry | None:
         pointer = self._read_pointer(role)["current"]
         return self.get(pointer["name"], pointer["version"]) if pointer else None

@@ -52,6 +52,7 @@ class Observed:
     metrics_url: str
     prometheus_url: str | None
     sent: Sent
+    traffic_log: Path
 
 
 def _send(client: httpx.Client, url: str, sent: Sent, payload: dict[str, Any]) -> None:
@@ -162,6 +163,7 @@ def observed(
         cascade={},  # the student's calibration decides: expected escalation and the PSI reference apply
         shadow={"rate": 0.5, "max_in_flight": 1000},
         drift={"window": 200, "min_samples": 20},
+        traffic_log={"path": str(workdir / "traffic"), "flush_interval_s": 0.5, "keep_text": {"shadow": "hash"}},
         student={**config["student"], "model": str(student)},
     )
     prometheus = _start_prometheus(workdir, ray_session) if PROMETHEUS else None
@@ -170,7 +172,8 @@ def observed(
     sent = Sent()
     try:
         _traffic(url, sent, 300, "warm")
-        yield Observed(url, f"http://127.0.0.1:{ray_session}/metrics", prometheus[1] if prometheus else None, sent)
+        metrics_url = f"http://127.0.0.1:{ray_session}/metrics"
+        yield Observed(url, metrics_url, prometheus[1] if prometheus else None, sent, workdir / "traffic")
     finally:
         serve.delete(APP)
         if prometheus:
@@ -199,6 +202,24 @@ def test_exported_counters_match_the_requests_sent(observed: Observed) -> None:
         assert total == count, status_class
     for name in (m.CONFIDENCE_PSI, m.EXPECTED_ESCALATION, m.MODEL_INFO, m.QUEUE_DEPTH, m.BATCH_SIZE + "_bucket"):
         assert m.RAY_PREFIX + name in families, f"{name} not exported"
+
+    # The traffic log holds every text the teacher answered, and every shadow comparison.
+    from serving.traffic_log import read_traffic_log
+
+    end = time.time() + 20
+    while True:
+        table, labels = read_traffic_log(observed.traffic_log)
+        reasons = Counter(table.column("reason").to_pylist())
+        if reasons["shadow"] >= compared or time.time() > end:
+            break
+        time.sleep(0.5)
+    assert reasons["escalation"] == sent.escalated
+    assert reasons["forced"] == sent.forced
+    assert reasons["shadow"] == compared
+    rows = table.to_pylist()
+    assert all(r["teacher_logits"] is not None and len(r["teacher_logits"]) == len(labels) for r in rows)
+    assert all(r["text"] is None and len(r["text_hash"]) == 64 for r in rows if r["reason"] == "shadow")
+    assert all(r["text"] for r in rows if r["reason"] != "shadow")
 
 
 def test_series_stay_fixed_under_thousands_of_distinct_requests(observed: Observed) -> None:

@@ -1,0 +1,362 @@
+"""``cascade redistill``: a better student from the traffic the teacher labelled, promoted only if it is better.
+
+One run:
+
+1. takes a lock (``<state>/redistill.lock``; a second run at the same time reports "skipped");
+2. reads the traffic log written since the last run that trained (``<state>/state.json``);
+3. decides whether to train: ``--force``, enough new teacher labels, shadow disagreement over its
+   threshold, or the schedule (``--every``) due; otherwise it reports "not needed" and stops;
+4. splits the logged texts by a stable hash into training and a held-back slice (never trained on),
+   and distils a candidate *from the current student's weights*: the teacher's logged logits are
+   the soft targets (and their argmax the hard labels), plus the base training data if named;
+5. calibrates the candidate on the held-back slice (teacher labels as the reference), and evaluates
+   candidate and current student on it: agreement with the teacher and CPU time per text;
+6. promotes (registry add + atomic pointer change) only a candidate at least as good on agreement
+   and not more costly (within ``cost_tolerance``); otherwise keeps the current one and says why.
+
+Every run writes ``<state>/reports/redistill-<time>.json`` and ``<state>/redistill.prom`` (Prometheus
+text format, for node-exporter's textfile collector or a push). The candidate is built in a staged
+folder and promotion is the last step, so a run killed midway promotes nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.errors import ArtifactError, CascadeError
+from serving.registry import Registry
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class RedistillSettings:
+    registry: Path
+    traffic_log: Path
+    state: Path
+    teacher: str | None = None
+    """Teacher artifact (default: the registry's current teacher)."""
+    base_train: Path | None = None
+    min_new_labels: int = 200
+    max_disagreement: float = 0.1
+    min_shadow: int = 50
+    every_s: float | None = None
+    force: bool = False
+    holdout_share: float = 0.25
+    epochs: int = 4
+    learning_rate: float = 5e-4
+    batch_size: int = 32
+    max_length: int = 64
+    seed: int = 0
+    threads: int | None = None
+    max_quality_loss: float = 0.3
+    cost_tolerance: float = 0.10
+    shuffle_training_labels: bool = False
+    """Train on shuffled teacher outputs: a deliberately worse candidate, to check the gate rejects it."""
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[bool]:
+    """A non-blocking exclusive lock: yields False when another run holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _in_holdout(text: str, share: float) -> bool:
+    """Stable across runs and machines: the same text always lands on the same side."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) % 10_000 < share * 10_000
+
+
+def _load_state(state: Path) -> dict[str, Any]:
+    path = state / "state.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"since": None, "last_trained": None}
+
+
+def _save_state(state: Path, data: dict[str, Any]) -> None:
+    path = state / "state.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_outputs(settings: RedistillSettings, report: dict[str, Any]) -> dict[str, Any]:
+    reports = settings.state / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(report["started"]))
+    path = reports / f"redistill-{stamp}-{os.getpid()}.json"
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    report["report_path"] = str(path)
+    outcomes = ("promoted", "rejected", "not_needed", "skipped", "not_enough_data", "failed")
+    lines = [
+        "# HELP cascade_redistill_last_run_timestamp_seconds When the last redistill run ended.",
+        "# TYPE cascade_redistill_last_run_timestamp_seconds gauge",
+        f"cascade_redistill_last_run_timestamp_seconds {report['ended']:.0f}",
+        "# HELP cascade_redistill_last_outcome 1 for the outcome of the last run.",
+        "# TYPE cascade_redistill_last_outcome gauge",
+        *(f'cascade_redistill_last_outcome{{outcome="{o}"}} {int(report["outcome"] == o)}' for o in outcomes),
+        "# HELP cascade_redistill_new_teacher_labels Teacher-labelled texts the last run read.",
+        "# TYPE cascade_redistill_new_teacher_labels gauge",
+        f"cascade_redistill_new_teacher_labels {report.get('new_teacher_labels', 0)}",
+    ]
+    for who in ("current", "candidate"):
+        value = (report.get("evaluation") or {}).get(who, {}).get("agreement")
+        if value is not None:
+            lines.append(f'cascade_redistill_agreement{{model="{who}"}} {value:.6f}')
+    prom = settings.state / "redistill.prom"
+    tmp = prom.with_suffix(".prom.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, prom)
+    return report
+
+
+def run_redistill(settings: RedistillSettings, log: Any = print) -> dict[str, Any]:
+    """One run of the job (see the module docstring); returns its report."""
+    started = time.time()
+    report: dict[str, Any] = {"report_version": REPORT_VERSION, "started": started, "settings": asdict(settings)}
+    with _exclusive(settings.state / "redistill.lock") as acquired:
+        if not acquired:
+            report.update(outcome="skipped", why="another redistill run holds the lock", ended=time.time())
+            log(f"redistill: {report['why']}")
+            return report  # the running one owns the outputs
+        try:
+            report.update(_run_locked(settings, log))
+        except CascadeError as error:
+            report.update(outcome="failed", why=str(error))
+        report["ended"] = time.time()
+        log(f"redistill: {report['outcome']}: {report.get('why', '')}")
+        return _write_outputs(settings, report)
+
+
+def _run_locked(settings: RedistillSettings, log: Any) -> dict[str, Any]:
+    from serving.traffic_log import read_traffic_log
+
+    state = _load_state(settings.state)
+    registry = Registry(settings.registry)
+    current = registry.current("student")
+    if current is None:
+        raise ArtifactError(f"no student has been promoted in {registry.root}")
+    teacher_path = settings.teacher or (str(registry.current_path("teacher") or ""))
+    if not teacher_path:
+        raise ArtifactError("no teacher: pass --teacher or promote one in the registry")
+    table, labels = read_traffic_log(settings.traffic_log, since=state["since"])
+    rows = table.to_pylist()
+    labelled = [r for r in rows if r["teacher_logits"] is not None]
+    usable = [r for r in labelled if r["text"]]
+    shadow = [r for r in labelled if r["reason"] == "shadow"]
+    disagreement = (
+        float(np.mean([r["student_label"] != labels[int(np.argmax(r["teacher_logits"]))] for r in shadow]))
+        if shadow
+        else None
+    )
+    facts = {
+        "current": f"{current.name}:{current.version}",
+        "log_rows": len(rows),
+        "new_teacher_labels": len(labelled),
+        "usable_texts": len(usable),
+        "without_text": len(labelled) - len(usable),
+        "shadow_compared": len(shadow),
+        "shadow_disagreement": disagreement,
+    }
+    reasons = []
+    if settings.force:
+        reasons.append("forced (--force)")
+    if len(labelled) >= settings.min_new_labels:
+        reasons.append(f"{len(labelled)} new teacher labels >= {settings.min_new_labels}")
+    if disagreement is not None and len(shadow) >= settings.min_shadow and disagreement > settings.max_disagreement:
+        reasons.append(f"shadow disagreement {disagreement:.3f} > {settings.max_disagreement}")
+    if settings.every_s is not None and (
+        state["last_trained"] is None or time.time() - state["last_trained"] >= settings.every_s
+    ):
+        reasons.append(f"schedule: every {settings.every_s:.0f} s")
+    log(f"redistill: {facts}")
+    if not reasons:
+        return {**facts, "outcome": "not_needed", "why": "no trigger: too few new labels, no drift, no schedule due"}
+    texts = {r["text"]: r["teacher_logits"] for r in usable}  # the latest logits per distinct text
+    holdout = {t: z for t, z in texts.items() if _in_holdout(t, settings.holdout_share)}
+    training = {t: z for t, z in texts.items() if t not in holdout}
+    if len(holdout) < 10 or len(training) < 10:
+        return {**facts, "reasons": reasons, "outcome": "not_enough_data", "why": f"{len(texts)} distinct texts"}
+    version = _next_version(registry, current.name)
+    work = settings.state / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    holdout_path = work / "holdout.jsonl"
+    holdout_path.write_text(
+        "".join(json.dumps({"text": t, "label": labels[int(np.argmax(z))]}) + "\n" for t, z in holdout.items()),
+        encoding="utf-8",
+    )
+    candidate_path = work / f"{current.name}-{version}"
+    log(f"redistill: training {current.name}:{version} on {len(training)} logged texts, holding back {len(holdout)}")
+    training_summary = _train_candidate(settings, current.path, teacher_path, training, labels, candidate_path, version)
+    evaluation = _evaluate(settings, teacher_path, current.path, candidate_path, holdout_path)
+    verdict, why = _gate(evaluation, settings.cost_tolerance)
+    result = {
+        **facts,
+        "reasons": reasons,
+        "candidate": f"{current.name}:{version}",
+        "training": training_summary,
+        "evaluation": evaluation,
+        "outcome": verdict,
+        "why": why,
+    }
+    if verdict == "promoted":
+        entry = registry.add(candidate_path)
+        registry.promote("student", entry.name, entry.version, reason=f"redistill: {why}")
+    newest = max((r["time"] for r in rows), default=None)
+    _save_state(
+        settings.state,
+        {"since": newest.timestamp() if newest is not None else state["since"], "last_trained": time.time()},
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _next_version(registry: Registry, name: str) -> str:
+    numbers = [int(e.version) for e in registry.entries() if e.name == name and e.version.isdigit()]
+    return str(max(numbers, default=0) + 1)
+
+
+def _train_candidate(
+    settings: RedistillSettings,
+    current: Path,
+    teacher_path: str,
+    training: dict[str, list[float]],
+    labels: list[str],
+    output: Path,
+    version: str,
+) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distill.build import BuildOptions, _finish, staged_folder
+    from distill.data import read_jsonl
+    from distill.training import TrainingData, TrainSettings, predict_logits, seed_everything, tokenize, train
+    from serving.architectures import register_architectures
+    from serving.artifact import read_manifest, resolve_model
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    register_architectures()
+    seed_everything(settings.seed)
+    started = time.perf_counter()
+    texts = list(training)
+    outputs = np.asarray([training[t] for t in texts], dtype=np.float32)
+    if settings.shuffle_training_labels:
+        outputs = outputs[np.random.default_rng(settings.seed).permutation(len(outputs))]
+    logits = torch.tensor(outputs)
+    tokenizer = AutoTokenizer.from_pretrained(current)
+    if settings.base_train is not None:  # base data: gold labels, and the teacher's logits as soft targets
+        base = read_jsonl(settings.base_train, known_labels=labels)
+        teacher_ref = resolve_model(teacher_path)
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_ref.location).eval()
+        ids, mask = tokenize(tokenizer, base.texts, settings.max_length)
+        logits = torch.cat([logits, predict_logits(teacher, ids, mask)])
+        hard = torch.cat([logits[: len(texts)].argmax(dim=1), torch.tensor(base.label_ids(labels))])
+        texts += base.texts
+    else:
+        hard = logits.argmax(dim=1)
+    ids, mask = tokenize(tokenizer, texts, settings.max_length)
+    data = TrainingData(ids, mask, labels=hard, teacher_logits=logits)
+    model = AutoModelForSequenceClassification.from_pretrained(current)
+    train_settings = TrainSettings(
+        epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        patience=settings.epochs,
+    )
+    result = train(model, data, train_settings, description=f"redistill {version}")
+    parent = read_manifest(current)
+    manifest = parent.model_copy(
+        update={
+            "version": version,
+            "temperature": 1.0,
+            "calibration": {},
+            "files": {},
+            "training": {
+                "redistilled_from": f"{parent.name}:{parent.version}",
+                "logged_texts": len(training),
+                "base_rows": len(texts) - len(training),
+                "settings": vars(train_settings),
+                "history": result.history,
+                "wall_time_s": round(time.perf_counter() - started, 1),
+            },
+            "metrics": {},
+        }
+    )
+    options = BuildOptions(name=parent.name, version=version, max_length=settings.max_length, overwrite=True)
+    with staged_folder(output, overwrite=True) as staging:
+        _finish(staging, model, tokenizer, manifest, texts[:32], options)
+    return dict(manifest.training or {})
+
+
+def _evaluate(
+    settings: RedistillSettings, teacher_path: str, current: Path, candidate: Path, holdout: Path
+) -> dict[str, Any]:
+    """Calibrate the candidate on the held-back slice, then measure both students on it."""
+    from distill.calibrate import calibrate, predict, write_calibration
+    from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+    from serving.artifact import resolve_model
+
+    teacher = resolve_model(teacher_path)
+    price = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+    results: dict[str, Any] = {"holdout_texts": sum(1 for _ in holdout.open(encoding="utf-8"))}
+    for who, folder in (("candidate", candidate), ("current", current)):
+        predictions = predict(teacher, resolve_model(str(folder)), holdout, threads=1, max_length=settings.max_length)
+        agreement = float(
+            np.mean(predictions.student_logits.argmax(axis=1) == predictions.teacher_logits.argmax(axis=1))
+        )
+        results[who] = {"agreement": agreement, "cpu_ms_per_text": 1000 * predictions.student_seconds}
+        if who == "candidate":
+            try:
+                report = calibrate(
+                    predictions, "max_quality_loss", settings.max_quality_loss, student_price=price, teacher_price=price
+                )
+            except ValueError as error:
+                results[who]["calibration"] = f"failed: {error}"
+            else:
+                write_calibration(candidate, report)
+                results[who]["calibration"] = {k: report[k] for k in ("temperature", "signal", "threshold")}
+                results[who]["expected_escalation_rate"] = report["expected"]["chosen"]["escalation_rate"]
+    return results
+
+
+def _gate(evaluation: dict[str, Any], cost_tolerance: float) -> tuple[str, str]:
+    candidate, current = evaluation["candidate"], evaluation["current"]
+    if not isinstance(candidate.get("calibration"), dict):
+        return "rejected", f"the candidate could not be calibrated ({candidate.get('calibration')})"
+    if candidate["agreement"] < current["agreement"]:
+        return "rejected", (
+            f"agreement with the teacher {candidate['agreement']:.4f} < current {current['agreement']:.4f}"
+        )
+    limit = current["cpu_ms_per_text"] * (1 + cost_tolerance)
+    if candidate["cpu_ms_per_text"] > limit:
+        return "rejected", f"costlier: {candidate['cpu_ms_per_text']:.3f} ms/text > {limit:.3f}"
+    return "promoted", (
+        f"agreement {candidate['agreement']:.4f} >= {current['agreement']:.4f} at "
+        f"{candidate['cpu_ms_per_text']:.3f} ms/text (current {current['cpu_ms_per_text']:.3f})"
+    )
+
+
+__all__ = ["RedistillSettings", "run_redistill"]

@@ -1,0 +1,131 @@
+"""``cascade redistill``: triggers, the lock, training on logged teacher outputs, the gate, promotion."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distill.redistill import RedistillSettings, _exclusive, run_redistill
+from serving.artifact import resolve_model
+from serving.backends import load_backend
+from serving.registry import Registry
+from serving.traffic_log import TrafficLogWriter, TrafficRecord
+from tests.builders import TinyPair
+
+WORDS = [
+    "card",
+    "lost",
+    "stolen",
+    "refund",
+    "money",
+    "transfer",
+    "balance",
+    "account",
+    "address",
+    "phone",
+    "pin",
+    "cash",
+    "atm",
+    "fee",
+    "loan",
+    "rate",
+]
+
+
+def _texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.sample(WORDS, 4)) for _ in range(n)]
+
+
+@pytest.fixture()
+def setup(tiny_pair: TinyPair, tmp_path: Path) -> tuple[Registry, Path, TinyPair]:
+    """A registry (tiny student 1 promoted, the teacher), and a traffic log of 400 texts the teacher answered."""
+    registry = Registry(tmp_path / "registry")
+    registry.add(tiny_pair.student)
+    registry.add(tiny_pair.teacher)
+    registry.promote("student", "tiny-student", "1")
+    registry.promote("teacher", "tiny-teacher", "1")
+    teacher = resolve_model(str(tiny_pair.teacher))
+    backend = load_backend(teacher, max_length=32)
+    texts = _texts(400, seed=1)
+    logits = backend.logits(texts)
+    writer = TrafficLogWriter(tmp_path / "log", list(teacher.labels), text_policy={}, flush_interval_s=3600)
+    for i, (text, row) in enumerate(zip(texts, logits, strict=True)):
+        writer.record(
+            TrafficRecord(f"r{i}", 1_700_000_000 + i, "escalation", text, "a", [0.4, 0.3, 0.3], row.tolist(), "s", "t")
+        )
+    writer.close()
+    return registry, tmp_path / "log", tiny_pair
+
+
+def _settings(registry: Registry, log: Path, tmp_path: Path, **overrides: object) -> RedistillSettings:
+    base = {
+        "registry": registry.root,
+        "traffic_log": log,
+        "state": tmp_path / "state",
+        "min_new_labels": 10_000,  # no trigger unless a test asks for one
+        "epochs": 12,
+        "learning_rate": 3e-3,
+        "max_length": 32,
+        "threads": 1,
+        "max_quality_loss": 100.0,  # tiny random teachers: any calibration point will do
+    }
+    return RedistillSettings(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def test_no_trigger_means_no_training_and_nothing_promoted(
+    setup: tuple[Registry, Path, TinyPair], tmp_path: Path
+) -> None:
+    registry, log, _ = setup
+    report = run_redistill(_settings(registry, log, tmp_path), log=lambda _: None)
+    assert report["outcome"] == "not_needed"
+    assert report["new_teacher_labels"] == 400
+    assert registry.current("student").version == "1"  # type: ignore[union-attr]
+    assert Path(report["report_path"]).exists()
+    assert (
+        'cascade_redistill_last_outcome{outcome="not_needed"} 1' in (tmp_path / "state" / "redistill.prom").read_text()
+    )
+
+
+def test_a_second_run_while_one_holds_the_lock_does_nothing(
+    setup: tuple[Registry, Path, TinyPair], tmp_path: Path
+) -> None:
+    registry, log, _ = setup
+    settings = _settings(registry, log, tmp_path, force=True)
+    with _exclusive(settings.state / "redistill.lock") as acquired:
+        assert acquired
+        report = run_redistill(settings, log=lambda _: None)
+    assert report["outcome"] == "skipped"
+    assert registry.current("student").version == "1"  # type: ignore[union-attr]
+
+
+def test_a_candidate_trained_on_the_teachers_labels_is_promoted_and_a_shuffled_one_rejected(
+    setup: tuple[Registry, Path, TinyPair], tmp_path: Path
+) -> None:
+    registry, log, _ = setup
+    better = run_redistill(_settings(registry, log, tmp_path / "a", force=True), log=lambda _: None)
+    evaluation = better["evaluation"]
+    assert better["outcome"] == "promoted", better["why"]
+    assert evaluation["candidate"]["agreement"] > evaluation["current"]["agreement"] + 0.05  # it learned something
+    current = registry.current("student")
+    assert current is not None and current.version == "2"
+    assert current.manifest.calibration["signal"] in ("max_prob", "margin", "entropy")
+    assert current.manifest.training["redistilled_from"] == "tiny-student:1"
+    report = json.loads(Path(better["report_path"]).read_text())
+    assert report["outcome"] == "promoted" and report["candidate"] == "tiny-student:2"
+    # the held-back slice never reached training
+    assert report["training"]["logged_texts"] + report["evaluation"]["holdout_texts"] == len(set(_texts(400, seed=1)))
+    assert np.isfinite(report["evaluation"]["candidate"]["cpu_ms_per_text"])
+
+    # From the promoted student, a candidate trained on shuffled teacher outputs: worse, so rejected.
+    worse = run_redistill(
+        _settings(registry, log, tmp_path / "b", force=True, shuffle_training_labels=True), log=lambda _: None
+    )
+    assert worse["outcome"] == "rejected", worse["why"]
+    assert "agreement" in worse["why"]
+    assert registry.current("student").version == "2"  # type: ignore[union-attr]
+    assert [e.version for e in registry.entries() if e.name == "tiny-student"] == ["1", "2"]  # never added
