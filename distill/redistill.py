@@ -324,9 +324,9 @@ def _evaluate(
     results: dict[str, Any] = {"holdout_texts": sum(1 for _ in holdout.open(encoding="utf-8"))}
     for who, folder in (("candidate", candidate), ("current", current)):
         predictions = predict(teacher, resolve_model(str(folder)), holdout, threads=1, max_length=settings.max_length)
-        agreement = float(
-            np.mean(predictions.student_logits.argmax(axis=1) == predictions.teacher_logits.argmax(axis=1))
-        )
+        # Agreement with the teacher's logged answers (the held-back file's labels), not a fresh run.
+        assert predictions.gold is not None
+        agreement = float(np.mean(predictions.student_logits.argmax(axis=1) == predictions.gold))
         results[who] = {"agreement": agreement, "cpu_ms_per_text": 1000 * predictions.student_seconds}
         if who == "candidate":
             try:
