@@ -138,3 +138,22 @@ def test_a_candidate_trained_on_the_teachers_labels_is_promoted_and_a_shuffled_o
     assert "agreement" in worse["why"]
     assert registry.current("student").version == "2"  # type: ignore[union-attr]
     assert [e.version for e in registry.entries() if e.name == "tiny-student"] == ["1", "2"]  # never added
+
+
+def test_the_gate_judges_agreement_first_and_cost_by_shape_then_time() -> None:
+    from distill.redistill import _gate
+
+    calibrated = {"calibration": {"temperature": 1.0, "signal": "max_prob", "threshold": 0.5}}
+    current = {"agreement": 0.90, "cpu_ms_per_text": 0.040, "parameters": 1000}
+    same_shape_noisy = {**calibrated, "agreement": 0.93, "cpu_ms_per_text": 0.060, "parameters": 1000}
+    bigger_slower = {**calibrated, "agreement": 0.95, "cpu_ms_per_text": 0.080, "parameters": 5000}
+    bigger_as_fast = {**calibrated, "agreement": 0.95, "cpu_ms_per_text": 0.041, "parameters": 5000}
+    worse = {**calibrated, "agreement": 0.85, "cpu_ms_per_text": 0.020, "parameters": 500}
+    assert _gate({"candidate": same_shape_noisy, "current": current}, 0.1)[0] == "promoted"
+    assert _gate({"candidate": bigger_slower, "current": current}, 0.1) == (
+        "rejected",
+        "costlier: 0.080 ms/text > 0.044",
+    )
+    assert _gate({"candidate": bigger_as_fast, "current": current}, 0.1)[0] == "promoted"
+    assert _gate({"candidate": worse, "current": current}, 0.1)[0] == "rejected"
+    assert _gate({"candidate": {**worse, "calibration": "failed: x"}, "current": current}, 0.1)[0] == "rejected"
