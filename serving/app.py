@@ -27,11 +27,11 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from router import CascadePolicy, Signal, softmax
+from router import CascadePolicy, Signal
 from serving import constants as c
 from serving.artifact import ModelRef, check_same_labels, resolve_model
 from serving.backends import load_backend
-from serving.cascade import run_cascade
+from serving.cascade import CascadeOutcome, run_cascade
 from serving.config import (
     CascadeSettings,
     CostSettings,
@@ -336,22 +336,15 @@ class Gateway:
         )
         self._metrics.record_traffic_log(writer.written, writer.dropped)
 
-    def _log_outcome(self, request_id: str, texts: list[str], route: str, outcome: Any) -> None:
+    def _log_outcome(self, request_id: str, texts: list[str], route: str, outcome: CascadeOutcome) -> None:
         """Every text the teacher answered, and a sampled share of the others, go to the traffic log."""
         if self._traffic_log is None or self._traffic_log_settings is None:
             return
-        probs = None
-        if outcome.student_logits is not None:
-            probs = softmax(outcome.student_logits, self._policy.temperature)
+        probs = outcome.student_probabilities
         reason = "forced" if route == "teacher" else "escalation"
-        for position, row in enumerate(outcome.teacher_rows):
-            self._log(
-                request_id,
-                reason,
-                texts[row],
-                probs[row] if probs is not None else None,
-                outcome.teacher_logits[position],
-            )
+        if outcome.teacher_logits is not None:
+            for row, logits in zip(outcome.teacher_rows, outcome.teacher_logits, strict=True):
+                self._log(request_id, reason, texts[row], probs[row] if probs is not None else None, logits)
         rate = self._traffic_log_settings.sample_rate
         if probs is not None and rate > 0:
             for row, result in enumerate(outcome.results):
@@ -482,8 +475,8 @@ class Gateway:
         request_id = request.headers.get("x-request-id", "")
         self._log_outcome(request_id, parsed.texts, parsed.route, outcome)
         answered = [i for i, who in enumerate(served_by) if who == "student"]
-        if answered and self._shadow.rate > 0 and outcome.student_logits is not None:
-            probs = softmax(outcome.student_logits, self._policy.temperature)
+        probs = outcome.student_probabilities
+        if answered and self._shadow.rate > 0 and probs is not None:
             self._maybe_shadow(
                 request_id,
                 [parsed.texts[i] for i in answered],

@@ -26,6 +26,8 @@ class CascadeOutcome:
     teacher_rows: list[int]
     student_confidence: np.ndarray | None = None
     """The student's calibrated confidence for every text it judged (None when it did not run)."""
+    student_probabilities: np.ndarray | None = None
+    """The student's calibrated probabilities, ``[n, k]`` (None when it did not run)."""
 
 
 def _result(
@@ -67,7 +69,7 @@ async def run_cascade(
         _result(labels, verdict.probabilities[i], "student", False, verdict.confidence[i]) for i in range(len(texts))
     ]
     if route == "student" or not verdict.escalate.any():
-        return CascadeOutcome(results, student_logits, None, [], verdict.confidence)
+        return CascadeOutcome(results, student_logits, None, [], verdict.confidence, verdict.probabilities)
 
     rows = [int(i) for i in np.flatnonzero(verdict.escalate)]
     teacher_logits = await teacher([texts[i] for i in rows])
@@ -80,7 +82,7 @@ async def run_cascade(
             True,
             teacher_verdict.confidence[position],
         )
-    return CascadeOutcome(results, student_logits, teacher_logits, rows, verdict.confidence)
+    return CascadeOutcome(results, student_logits, teacher_logits, rows, verdict.confidence, verdict.probabilities)
 
 
 __all__ = ["CascadeOutcome", "LogitsCall", "run_cascade"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +54,19 @@ class Recorded:
         self.observations.append(value)
 
 
-def _recording() -> tuple[GatewayMetrics, dict[str, Recorded]]:
+def _factory() -> tuple[Callable[[MetricSpec], Recorded], dict[str, Recorded]]:
+    """A metric factory that keeps every metric it made, by name."""
     made: dict[str, Recorded] = {}
 
     def factory(spec: MetricSpec) -> Recorded:
         made[spec.name] = Recorded(spec)
         return made[spec.name]
 
+    return factory, made
+
+
+def _recording() -> tuple[GatewayMetrics, dict[str, Recorded]]:
+    factory, made = _factory()
     return GatewayMetrics(factory), made
 
 
@@ -169,12 +176,7 @@ def test_gateway_metrics_account_cost_savings_and_escalations() -> None:
 
 
 def test_replica_metrics_track_queue_depth_and_model_version() -> None:
-    made: dict[str, Recorded] = {}
-
-    def factory(spec: MetricSpec) -> Recorded:
-        made[spec.name] = Recorded(spec)
-        return made[spec.name]
-
+    factory, made = _factory()
     replica = ReplicaMetrics("student", "3", factory)
     assert made[m.MODEL_INFO].values == {}
     replica.queued(5)
