@@ -67,6 +67,30 @@ def registry_locations(config: GatewayConfig) -> dict[str, str]:
     return locations
 
 
+def follow_registry(config: GatewayConfig, stop: threading.Event, *, app_name: str) -> None:
+    """Until ``stop``: poll the registry and redeploy ``app_name`` in place when a pointer moves.
+
+    ``serve.run`` with the same deployments and a new ``user_config`` makes Serve call
+    ``reconfigure`` on the running replicas: the new model loads beside the old one and takes over
+    only when ready, so a promotion or rollback drops no request. Without ``registry:`` models it
+    just waits for ``stop``.
+    """
+    from ray import serve
+
+    from serving.app import build_app
+
+    deployed = registry_locations(config)
+    while not stop.wait(config.reload.poll_s if deployed else None):
+        current = registry_locations(config)
+        if current != deployed:
+            print(f"registry change: {deployed} → {current}; swapping in place", flush=True)
+            try:
+                serve.run(build_app(config), name=app_name, route_prefix="/", blocking=False)
+                deployed = current
+            except CascadeError as error:  # e.g. a promoted student with other labels: keep serving
+                print(f"not swapped: {error}", file=sys.stderr, flush=True)
+
+
 def _local_metrics_options(port: int) -> dict[str, Any]:
     """A local Ray's metrics agent on a known port, reporting often enough for a 15 s scrape interval."""
     return {
@@ -130,16 +154,7 @@ def serve_gateway(
         print(f"cascade-gateway listening on {base_url}  (docs: {base_url}/docs; Ctrl-C stops)", flush=True)
         if own_ray:
             print(f"metrics for Prometheus: http://{config.http.host}:{config.metrics.port}/metrics", flush=True)
-        deployed = registry_locations(config)
-        while not stop.wait(config.reload.poll_s if deployed else None):
-            current = registry_locations(config)
-            if current != deployed:
-                print(f"registry change: {deployed} → {current}; swapping in place", flush=True)
-                try:
-                    serve.run(build_app(config), name=c.SERVE_APP_NAME, route_prefix="/", blocking=False)
-                    deployed = current
-                except CascadeError as error:  # e.g. a promoted student with other labels: keep serving
-                    print(f"not swapped: {error}", file=sys.stderr, flush=True)
+        follow_registry(config, stop, app_name=c.SERVE_APP_NAME)
     finally:
         print("cascade-gateway stopping…", flush=True)
         if own_ray:

@@ -73,3 +73,42 @@ def build_tiny_pair(root: Path) -> TinyPair:
         student=build_tiny_model(root / "student", layers=1, seed=2, role="student", onnx=True),
         data=write_dataset(root / "data.jsonl"),
     )
+
+
+KEYWORDS = {
+    "balance": ["balance", "money", "much", "savings", "account", "funds"],
+    "card": ["card", "lost", "stolen", "pin", "blocked", "atm"],
+    "greeting": ["hello", "morning", "hi", "thanks", "hey", "evening"],
+}
+FILLERS = ["my", "the", "please", "today", "what", "is", "can", "you", "now", "help", "me", "need"]
+
+
+def keyword_texts(label: str, n: int, seed: int) -> list[str]:
+    """``n`` texts of ``label``: two of its keywords and two fillers, shuffled (a learnable intent)."""
+    import random
+
+    rng = random.Random(f"{label}-{seed}")
+    texts = []
+    for _ in range(n):
+        words = rng.sample(KEYWORDS[label], 2) + rng.sample(FILLERS, 2)
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+    return texts
+
+
+def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def ambiguous_texts(first: str, second: str, n: int, seed: int) -> list[str]:
+    """``n`` texts with one keyword of each of two intents: where a student and its teacher can differ."""
+    import random
+
+    rng = random.Random(f"{first}-{second}-{seed}")
+    texts = []
+    for _ in range(n):
+        words = [rng.choice(KEYWORDS[first]), rng.choice(KEYWORDS[second]), *rng.sample(FILLERS, 2)]
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+    return texts
