@@ -411,6 +411,27 @@ def _cmd_benchmark_cascade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark_loop(args: argparse.Namespace) -> int:
+    from loadtests.loop_benchmark import LoopBenchmarkSettings, run_loop_benchmark, write_loop_report
+
+    settings = LoopBenchmarkSettings(
+        dataset=args.dataset,
+        teacher=args.teacher,
+        work=args.work,
+        output=args.output,
+        held_out=args.held_out,
+        seed=args.seed,
+        shadow_rate=args.shadow_rate,
+        redistill_epochs=args.redistill_epochs,
+        redistill_lr=args.redistill_lr,
+        threads=args.threads,
+    )
+    result = run_loop_benchmark(settings)
+    _, md = write_loop_report(result, args.output, "cascade " + " ".join(sys.argv[1:]))
+    print(md.read_text(encoding="utf-8"))
+    return 0
+
+
 def _cmd_monitoring(args: argparse.Namespace) -> int:
     from serving.monitoring import AlertThresholds, write_monitoring
 
@@ -632,6 +653,22 @@ def build_parser() -> argparse.ArgumentParser:
     cascade_bench.add_argument("--output", type=Path, default=Path("docs/benchmarks"))
     cascade_bench.add_argument("--threads", type=int, default=1)
     cascade_bench.set_defaults(func=_cmd_benchmark_cascade)
+
+    loop_bench = commands.add_parser(
+        "benchmark-loop",
+        help="the closed loop on a dataset: held-out intents drift in, redistill learns them, the swap under load",
+    )
+    loop_bench.add_argument("--dataset", type=Path, default=Path("../shared/datasets/banking77"))
+    loop_bench.add_argument("--teacher", type=Path, default=Path("runs/benchmark/banking77/teacher"))
+    loop_bench.add_argument("--work", type=Path, default=Path("runs/closed-loop/banking77"))
+    loop_bench.add_argument("--output", type=Path, default=Path("docs/benchmarks"))
+    loop_bench.add_argument("--held-out", type=int, default=8, help="intents held out of the student's training")
+    loop_bench.add_argument("--seed", type=int, default=0)
+    loop_bench.add_argument("--shadow-rate", type=float, default=0.2)
+    loop_bench.add_argument("--redistill-epochs", type=int, default=10)
+    loop_bench.add_argument("--redistill-lr", type=float, default=2e-3)
+    loop_bench.add_argument("--threads", type=int, default=1)
+    loop_bench.set_defaults(func=_cmd_benchmark_loop)
 
     from serving.monitoring import AlertThresholds
 
