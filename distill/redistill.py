@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -65,6 +65,8 @@ class RedistillSettings:
     cost_tolerance: float = 0.10
     shuffle_training_labels: bool = False
     """Train on shuffled teacher outputs: a deliberately worse candidate, to check the gate rejects it."""
+    reader: Literal["pyarrow", "ray"] = "pyarrow"
+    """How the log is read: pyarrow in this process, or Ray Data across the cluster the job runs on."""
 
 
 @contextmanager
@@ -159,7 +161,12 @@ def _run_locked(settings: RedistillSettings, log: Any) -> dict[str, Any]:
     teacher_path = settings.teacher or (str(registry.current_path("teacher") or ""))
     if not teacher_path:
         raise ArtifactError("no teacher: pass --teacher or promote one in the registry")
-    table, labels = read_traffic_log(settings.traffic_log, since=state["since"])
+    if settings.reader == "ray":
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)  # the job's cluster, or a local one
+    table, labels = read_traffic_log(settings.traffic_log, since=state["since"], engine=settings.reader)
     rows = table.to_pylist()
     labelled = [r for r in rows if r["teacher_logits"] is not None]
     usable = [r for r in labelled if r["text"]]

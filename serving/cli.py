@@ -516,6 +516,7 @@ def _cmd_redistill(args: argparse.Namespace) -> int:
             cost_tolerance=args.cost_tolerance,
             threads=args.threads,
             shuffle_training_labels=args.shuffle_labels,
+            reader=args.reader,
         )
     )
     print(json.dumps({k: report.get(k) for k in ("outcome", "why", "candidate", "report_path")}, indent=2))
@@ -750,6 +751,12 @@ def build_parser() -> argparse.ArgumentParser:
     redistill.add_argument("--state", required=True, type=Path, help="lock, last-run state, reports, metrics")
     redistill.add_argument("--teacher", help="teacher artifact (default: the registry's current teacher)")
     redistill.add_argument("--base-train", type=Path, help="base training JSONL mixed with the logged texts")
+    redistill.add_argument(
+        "--reader",
+        choices=("pyarrow", "ray"),
+        default="pyarrow",
+        help="read the traffic log with pyarrow here, or with Ray Data on the job's Ray cluster (RAY_ADDRESS)",
+    )
     redistill.add_argument("--min-new-labels", type=int, default=200, help="train when this many arrived")
     redistill.add_argument("--max-disagreement", type=float, default=0.1, help="train when shadow disagreement is over")
     redistill.add_argument("--min-shadow", type=int, default=50, help="shadow comparisons needed to judge drift")

@@ -207,30 +207,45 @@ class TrafficLogWriter:
                 break
 
 
-def read_traffic_log(path: str | Path, since: float | None = None) -> tuple[Any, list[str]]:
-    """Every complete shard under ``path`` as one pyarrow Table (and the label names), newer than ``since``."""
+def read_traffic_log(
+    path: str | Path, since: float | None = None, *, engine: Literal["pyarrow", "ray"] = "pyarrow"
+) -> tuple[Any, list[str]]:
+    """Every complete shard under ``path`` as one pyarrow Table (and the label names), newer than ``since``.
+
+    ``engine="ray"`` reads the shards with Ray Data (in parallel across the cluster's workers, the
+    time filter applied where each shard is read) and gathers the result; it needs a running Ray
+    (``ray.init()``). Both engines read the same files and return the same rows.
+    """
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    shards = sorted(Path(path).glob("*/shard-*.parquet"))
-    tables, labels = [], []
-    for shard in shards:
-        table = pq.read_table(shard)
-        metadata = table.schema.metadata or {}
+    shards = sorted(Path(path).glob("*/shard-*.parquet"))  # complete shards only: temporaries are .tmp
+    labels: list[str] = []
+    for shard in shards:  # footers only: cheap, and a shard of another schema stops the run early
+        metadata = pq.read_schema(shard).metadata or {}
         if int(metadata.get(b"cascade.schema_version", b"0")) != SCHEMA_VERSION:
             raise ValueError(
                 f"{shard}: schema version {metadata.get(b'cascade.schema_version')} is not {SCHEMA_VERSION}"
             )
         labels = metadata[b"cascade.labels"].decode("utf-8").split("\n")
-        tables.append(table)
-    if not tables:
-        return pa.Table.from_pylist([], schema=_schema()), labels
-    table = pa.concat_tables(tables)
-    if since is not None:
-        import pyarrow.compute as pc
+    schema = _schema()
+    if not shards:
+        return pa.Table.from_pylist([], schema=schema), labels
+    cutoff = None if since is None else pa.scalar(int(since * 1000), pa.timestamp("ms", tz="UTC"))
 
-        table = table.filter(pc.greater(table["time"], pa.scalar(int(since * 1000), pa.timestamp("ms", tz="UTC"))))
-    return table, labels
+    def newer(table: Any) -> Any:
+        return table if cutoff is None else table.filter(pc.greater(table["time"], cutoff))
+
+    if engine == "ray":
+        import ray
+
+        dataset = ray.data.read_parquet([str(shard) for shard in shards], schema=schema)
+        tables = [t for t in ray.get(dataset.map_batches(newer, batch_format="pyarrow").to_arrow_refs()) if t.num_rows]
+        if not tables:
+            return pa.Table.from_pylist([], schema=schema), labels
+        return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables]), labels
+    return newer(pa.concat_tables([pq.read_table(shard).cast(schema) for shard in shards])), labels
 
 
 __all__ = ["SCHEMA_VERSION", "TrafficLogWriter", "TrafficRecord", "read_traffic_log"]

@@ -157,3 +157,34 @@ def test_the_gate_judges_agreement_first_and_cost_by_shape_then_time() -> None:
     assert _gate({"candidate": bigger_as_fast, "current": current}, 0.1)[0] == "promoted"
     assert _gate({"candidate": worse, "current": current}, 0.1)[0] == "rejected"
     assert _gate({"candidate": {**worse, "calibration": "failed: x"}, "current": current}, 0.1)[0] == "rejected"
+
+
+def test_a_run_killed_while_training_promotes_nothing_and_frees_the_lock(
+    setup: tuple[Registry, Path, TinyPair], tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    registry, log, _ = setup
+    state = tmp_path / "state"
+    command = [sys.executable, "-m", "serving.cli", "redistill", "--registry", str(registry.root)]
+    command += ["--traffic-log", str(log), "--state", str(state), "--force", "--epochs", "500", "--threads", "1"]
+    job = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    try:
+        assert job.stdout is not None
+        for line in job.stdout:  # kill it once it is training
+            if line.startswith("redistill: training"):
+                break
+        else:
+            raise AssertionError(f"the job ended before training (exit {job.wait()})")
+        job.kill()
+    finally:
+        job.kill()
+        job.wait()
+    assert registry.current("student").version == "1"  # type: ignore[union-attr]
+    assert [e.version for e in registry.entries() if e.name == "tiny-student"] == ["1"]
+    with _exclusive(state / "redistill.lock") as acquired:
+        assert acquired, "a killed run must not leave the lock held"

@@ -90,6 +90,24 @@ def test_shards_rotate_by_size(tmp_path: Path) -> None:
     assert [pq.read_metadata(s).num_rows for s in shards] == [4, 4, 2]
 
 
+
+def test_ray_data_reads_the_same_rows_as_pyarrow(tmp_path: Path, ray_session: int) -> None:
+    """What the job reads on a cluster (``--reader ray``) is what it reads on one machine."""
+    for writer_number in range(2):  # two writers, as two ingress replicas: two folders of shards
+        writer = TrafficLogWriter(tmp_path, LABELS, text_policy={}, flush_interval_s=3600, max_rows_per_shard=3)
+        for i in range(writer_number * 10, writer_number * 10 + 10):
+            writer.record(_record(i, "shadow" if i % 4 == 0 else "sampled" if i % 5 == 0 else "escalation"))
+        writer.close()
+    for since in (None, 1_700_000_000 + 12.5, 1_800_000_000):
+        local, labels = read_traffic_log(tmp_path, since=since)
+        distributed, ray_labels = read_traffic_log(tmp_path, since=since, engine="ray")
+        assert ray_labels == labels == LABELS
+        assert distributed.schema.equals(local.schema)
+        key = [("request_id", "ascending")]
+        assert distributed.sort_by(key).to_pylist() == local.sort_by(key).to_pylist()
+    assert read_traffic_log(tmp_path, since=1_700_000_000 + 12.5)[0].num_rows == 7
+
+
 CRASHING_WRITER = """
 import sys, time
 from serving.traffic_log import TrafficLogWriter, TrafficRecord
