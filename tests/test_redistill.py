@@ -170,9 +170,8 @@ def test_a_run_killed_while_training_promotes_nothing_and_frees_the_lock(
     state = tmp_path / "state"
     command = [sys.executable, "-m", "serving.cli", "redistill", "--registry", str(registry.root)]
     command += ["--traffic-log", str(log), "--state", str(state), "--force", "--epochs", "500", "--threads", "1"]
-    job = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
     try:
         assert job.stdout is not None
         for line in job.stdout:  # kill it once it is training
