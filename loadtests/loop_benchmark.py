@@ -299,7 +299,7 @@ def run_loop_benchmark(s: LoopBenchmarkSettings, log: Any = print) -> dict[str, 
 def _targets(phases: list[dict[str, Any]], swap: dict[str, Any]) -> dict[str, Any]:
     pre, _, post = phases
     return {
-        "escalation_within_1.2x": {
+        "escalation_within_1.2x": {  # pre-drift traffic: the known intents; post: the drift phase's mix
             "pre": pre["escalation_rate"],
             "post": post["escalation_rate"],
             "ratio": post["escalation_rate"] / pre["escalation_rate"] if pre["escalation_rate"] else None,
@@ -323,7 +323,10 @@ def write_loop_report(result: dict[str, Any], output: Path, command: str) -> tup
     lines = [
         "# Closed loop: drift, redistill, hot swap",
         "",
-        f"Reproduce: `{command}`",
+        f"Reproduce: `{command}` (needs the teacher of `cascade benchmark-distill` in runs/benchmark/banking77).",
+        "",
+        "One run on this project's 2-core machine: the gateway (`cascade serve`), the load clients and the "
+        "`cascade redistill` job share the two cores. Split, phases and measures: `loadtests/loop_benchmark.py`.",
         "",
         f"Held-out intents ({len(result['held_out'])}): {', '.join(result['held_out'])}. "
         f"Share of held-out intents in the drift and post-swap traffic: {pct(result['drift_new_share'])}.",
@@ -340,13 +343,19 @@ def write_loop_report(result: dict[str, Any], output: Path, command: str) -> tup
             f"{pct(exported.get('shadow_disagreement'))} | {p['failed']} |"
         )
     swap, targets = result["swap"], result["targets"]
+    training = swap["report"].get("training") or {}
     load = swap["load"]
     lines += [
         "",
-        f"Redistill: **{swap['outcome']}** ({swap['why']}); the job took {swap['job_seconds']} s.",
+        f"Redistill: **{swap['outcome']}** ({swap['why']}); the job took {swap['job_seconds']} s, of which "
+        f"{training.get('wall_time_s', '–')} s building the candidate (teacher logits for the base data, then "
+        f"training on {training.get('logged_texts', '–')} distinct logged texts, "
+        f"{(swap['report'].get('evaluation') or {}).get('holdout_texts', '–')} more held back for the gate, "
+        f"and {training.get('base_rows', '–')} base rows).",
         f"Time from the job's start to the first request the new student answered: "
-        f"**{swap.get('seconds_from_job_start_to_serving', '–')} s** "
-        f"({swap.get('seconds_from_promotion_to_serving', '–')} s after promotion).",
+        f"**{swap.get('seconds_from_job_start_to_serving', '–')} s**; "
+        f"{swap.get('seconds_from_promotion_to_serving', '–')} s of it after the job ended "
+        "(registry poll, artifact check, model load and warm-up, under the same load).",
         f"Continuous load during the job and the swap: {load['requests']} requests in {load['seconds']} s "
         f"({load['requests_per_s']} req/s), **{load['failed']} failed**, versions {load['student_versions']}.",
         "",
@@ -357,7 +366,7 @@ def write_loop_report(result: dict[str, Any], output: Path, command: str) -> tup
         f"{'yes' if targets['escalation_within_1.2x']['met'] else 'no'} |",
         f"| agreement within 0.5 points of pre-drift | {pct(targets['agreement_within_0.5_points']['post'])} vs "
         f"{pct(targets['agreement_within_0.5_points']['pre'])} "
-        f"({targets['agreement_within_0.5_points']['gap_points']:+.2f} points below) | "
+        f"(after − before: {-targets['agreement_within_0.5_points']['gap_points']:+.2f} points) | "
         f"{'yes' if targets['agreement_within_0.5_points']['met'] else 'no'} |",
         f"| zero failed requests during the swap | {load['failed']} of {load['requests']} | "
         f"{'yes' if targets['zero_failed_during_swap']['met'] else 'no'} |",
