@@ -30,7 +30,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from typing import Any
 import httpx
 import numpy as np
 import yaml
+
+from loadtests import free_port
 
 CONFIGURATIONS = {"teacher_only": "teacher", "student_only": "student", "cascade": "auto"}
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -116,13 +117,6 @@ class ConfigurationRun:
     at_sustained: Stage | None = None
     answers: dict[int, tuple[str | None, str]] = field(default_factory=dict, repr=False)
     """Text index → (gold, label), the first answer per distinct text (not written to the report)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def default_core_split() -> tuple[str | None, str | None]:
@@ -271,7 +265,7 @@ class Harness:
         raise RuntimeError(f"{url} not ready within {deadline_s:.0f} s; log: {self.work / log_name}")
 
     def start_gateway(self) -> tuple[str, str]:
-        port, metrics_port = _free_port(), _free_port()
+        port, metrics_port = free_port(), free_port()
         role = {
             "threads": self.s.model_threads,
             "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005},
@@ -463,7 +457,7 @@ class Harness:
 
     def generator_ceiling(self) -> dict[str, Any]:
         """Locust's own maximum: no-wait users against a no-op endpoint on the gateway's cores."""
-        port = _free_port()
+        port = free_port()
         server = self._start(
             [sys.executable, "-m", "loadtests.noop_server", "--port", str(port)], self.s.gateway_cpus, "noop.log"
         )

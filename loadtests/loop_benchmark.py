@@ -35,6 +35,7 @@ import httpx
 import numpy as np
 import yaml
 
+from loadtests import free_port
 from loadtests.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
 
 CPU_PRICE = 0.08925  # both roles run on this machine's CPU: price both as the CPU node (as benchmark-cascade)
@@ -103,15 +104,6 @@ def split(rows: list[dict[str, str]], held_out: int, seed: int) -> Split:
 def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _prepare_student(s: LoopBenchmarkSettings, data: Split, log: Any) -> Path:
@@ -225,7 +217,7 @@ def run_loop_benchmark(s: LoopBenchmarkSettings, log: Any = print) -> dict[str, 
     for which, artifact in (("teacher", s.teacher), ("student", student)):
         entry = registry.add(artifact)
         registry.promote(which, entry.name, entry.version)
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     role: dict[str, Any] = {
         "threads": s.threads,
         "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005},

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests import free_port
+
 CPU_DOLLARS_PER_HOUR = 0.08925  # c7i.large on-demand, us-east-1: both roles run on this CPU here
 # Off-topic texts the demo's six intents do not cover: the student is unsure and escalates.
 HARD = [
@@ -40,13 +41,6 @@ HARD = [
     "the app crashes when I open settings",
 ]
 DEV = Path(__file__).resolve().parents[1] / "distill" / "demo_data" / "dev.jsonl"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _cascade(*args: str) -> list[str]:
@@ -86,7 +80,7 @@ def main() -> None:
             _cascade("build-demo"), capture_output=True, text=True, check=True
         ).stdout.splitlines()
     )
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     config = {
         "http": {"host": "127.0.0.1", "port": port},
         "metrics": {"port": metrics_port},

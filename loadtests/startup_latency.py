@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from loadtests import free_port
 
 TEXTS = [
     "I lost my card",
@@ -37,13 +38,6 @@ TEXTS = [
     "can you freeze my debit card",
     "what is left on my checking account",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _start(home: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
@@ -93,7 +87,7 @@ def _latencies(url: str, route: str, requests: int) -> dict[str, float]:
 
 
 def run_once(home: Path, requests: int, deadline_s: float) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = home.parent / f"serve-{port}.log"
     process, started = _start(home, port, log)
