@@ -39,6 +39,7 @@ from serving.errors import ArtifactError, CascadeError
 from serving.registry import Registry
 
 REPORT_VERSION = 1
+MIN_CALIBRATION_TEXTS = 30
 
 
 @dataclass
@@ -65,6 +66,10 @@ class RedistillSettings:
     cost_tolerance: float = 0.10
     shuffle_training_labels: bool = False
     """Train on shuffled teacher outputs: a deliberately worse candidate, to check the gate rejects it."""
+    shadow_rate: float | None = None
+    """The gateway's ``shadow.rate``. With it, the candidate is calibrated on an unbiased sample of
+    traffic: the held-back shadowed texts plus escalated ones kept at that rate (the log holds every
+    escalated text but only that share of the others). Without it, on the whole held-back slice."""
     reader: Literal["pyarrow", "ray"] = "pyarrow"
     """How the log is read: pyarrow in this process, or Ray Data across the cluster the job runs on."""
 
@@ -88,6 +93,22 @@ def _exclusive(path: Path) -> Iterator[bool]:
 def _in_holdout(text: str, share: float) -> bool:
     """Stable across runs and machines: the same text always lands on the same side."""
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) % 10_000 < share * 10_000
+
+
+def _share_of(text: str, salt: str) -> float:
+    """A stable number in [0, 1) per text; a different ``salt`` gives an independent one."""
+    return int(hashlib.sha256(f"{salt}{text}".encode()).hexdigest()[:8], 16) / 16**8
+
+
+def calibration_slice(reasons: dict[str, str], shadow_rate: float | None) -> list[str]:
+    """The held-back texts to calibrate on: an unbiased sample of traffic when ``shadow_rate`` is known.
+
+    Escalated texts are all logged, the others only at the shadow rate: keeping each escalated one
+    with that probability (a stable hash, independent of the holdout's) restores the traffic's mix.
+    """
+    if shadow_rate is None:
+        return list(reasons)
+    return [t for t, reason in reasons.items() if reason != "escalation" or _share_of(t, "calibration:") < shadow_rate]
 
 
 def _load_state(state: Path) -> dict[str, Any]:
@@ -200,6 +221,7 @@ def _run_locked(settings: RedistillSettings, log: Any) -> dict[str, Any]:
     if not reasons:
         return {**facts, "outcome": "not_needed", "why": "no trigger: too few new labels, no drift, no schedule due"}
     texts = {r["text"]: r["teacher_logits"] for r in usable}  # the latest logits per distinct text
+    logged_reason = {r["text"]: r["reason"] for r in usable}
     holdout = {t: z for t, z in texts.items() if _in_holdout(t, settings.holdout_share)}
     training = {t: z for t, z in texts.items() if t not in holdout}
     if len(holdout) < 10 or len(training) < 10:
@@ -216,7 +238,9 @@ def _run_locked(settings: RedistillSettings, log: Any) -> dict[str, Any]:
     candidate_path = work / f"{current.name}-{version}"
     log(f"redistill: training {current.name}:{version} on {len(training)} logged texts, holding back {len(holdout)}")
     training_summary = _train_candidate(settings, current.path, teacher_path, training, labels, candidate_path, version)
-    evaluation = _evaluate(settings, teacher_path, current.path, candidate_path, holdout_path)
+    calibration = set(calibration_slice({t: logged_reason[t] for t in holdout}, settings.shadow_rate))
+    calibration_rows = np.asarray([i for i, t in enumerate(holdout) if t in calibration], dtype=np.int64)
+    evaluation = _evaluate(settings, teacher_path, current.path, candidate_path, holdout_path, calibration_rows)
     verdict, why = _gate(evaluation, settings.cost_tolerance)
     result = {
         **facts,
@@ -319,9 +343,14 @@ def _train_candidate(
 
 
 def _evaluate(
-    settings: RedistillSettings, teacher_path: str, current: Path, candidate: Path, holdout: Path
+    settings: RedistillSettings,
+    teacher_path: str,
+    current: Path,
+    candidate: Path,
+    holdout: Path,
+    calibration_rows: np.ndarray,
 ) -> dict[str, Any]:
-    """Calibrate the candidate on the held-back slice, then measure both students on it."""
+    """Measure both students on the held-back slice; calibrate the candidate on ``calibration_rows`` of it."""
     from distill.calibrate import calibrate, predict, write_calibration
     from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
     from serving.artifact import resolve_model
@@ -340,9 +369,14 @@ def _evaluate(
             "parameters": _parameters(folder),
         }
         if who == "candidate":
+            # Too small an unbiased sample calibrates worse than the whole (biased) slice: fall back.
+            enough = len(calibration_rows) >= MIN_CALIBRATION_TEXTS
+            sample = predictions.subset(calibration_rows) if enough else predictions
+            results["calibration_texts"] = len(sample.texts)
+            results["calibration_sample"] = "traffic-weighted" if enough and settings.shadow_rate else "held-back slice"
             try:
                 report = calibrate(
-                    predictions, "max_quality_loss", settings.max_quality_loss, student_price=price, teacher_price=price
+                    sample, "max_quality_loss", settings.max_quality_loss, student_price=price, teacher_price=price
                 )
             except ValueError as error:
                 results[who]["calibration"] = f"failed: {error}"

@@ -194,6 +194,8 @@ def _redistill(s: LoopBenchmarkSettings, registry: Path, traffic: Path, base: Pa
         str(s.max_quality_loss),
         "--threads",
         str(s.threads),
+        "--shadow-rate",
+        str(s.shadow_rate),
         *extra,
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)

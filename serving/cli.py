@@ -517,6 +517,7 @@ def _cmd_redistill(args: argparse.Namespace) -> int:
             threads=args.threads,
             shuffle_training_labels=args.shuffle_labels,
             reader=args.reader,
+            shadow_rate=args.shadow_rate,
         )
     )
     print(json.dumps({k: report.get(k) for k in ("outcome", "why", "candidate", "report_path")}, indent=2))
@@ -751,6 +752,11 @@ def build_parser() -> argparse.ArgumentParser:
     redistill.add_argument("--state", required=True, type=Path, help="lock, last-run state, reports, metrics")
     redistill.add_argument("--teacher", help="teacher artifact (default: the registry's current teacher)")
     redistill.add_argument("--base-train", type=Path, help="base training JSONL mixed with the logged texts")
+    redistill.add_argument(
+        "--shadow-rate",
+        type=float,
+        help="the gateway's shadow.rate: calibrate on a traffic-weighted sample (escalated texts kept at this rate)",
+    )
     redistill.add_argument(
         "--reader",
         choices=("pyarrow", "ray"),

@@ -168,6 +168,7 @@ def _redistill(loop: Loop, state: Path, **overrides: Any) -> dict[str, Any]:
         "max_length": MAX_LENGTH,
         "threads": 1,
         "max_quality_loss": 1.0,
+        "shadow_rate": 1.0,  # the gateway's: every text the student answered was shadowed
         **overrides,
     }
     return run_redistill(RedistillSettings(**settings), log=lambda _: None)

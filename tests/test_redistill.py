@@ -187,3 +187,22 @@ def test_a_run_killed_while_training_promotes_nothing_and_frees_the_lock(
     assert [e.version for e in registry.entries() if e.name == "tiny-student"] == ["1"]
     with _exclusive(state / "redistill.lock") as acquired:
         assert acquired, "a killed run must not leave the lock held"
+
+
+def test_the_calibration_slice_keeps_escalated_texts_at_the_shadow_rate() -> None:
+    """Logged: every escalation, a share of the rest. Kept for calibration: that same share of both."""
+    from distill.redistill import _in_holdout, calibration_slice
+
+    escalated = {f"hard text {i}": "escalation" for i in range(4000)}
+    shadowed = {f"easy text {i}": "shadow" for i in range(500)}
+    reasons = {**escalated, **shadowed}
+    assert calibration_slice(reasons, None) == list(reasons)
+    kept = calibration_slice(reasons, 0.2)
+    assert set(shadowed) <= set(kept)
+    share = len(set(kept) & set(escalated)) / len(escalated)
+    assert 0.18 < share < 0.22
+    assert kept == calibration_slice(reasons, 0.2)  # stable: the same texts every run
+    # independent of the holdout split: within the held-back texts the share is the same
+    held = [t for t in escalated if _in_holdout(t, 0.25)]
+    held_share = len(set(held) & set(kept)) / len(held)
+    assert 0.15 < held_share < 0.25
