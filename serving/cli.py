@@ -412,7 +412,7 @@ def _cmd_benchmark_cascade(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark_loop(args: argparse.Namespace) -> int:
-    from loadtests.loop_benchmark import LoopBenchmarkSettings, run_loop_benchmark, write_loop_report
+    from distill.loop_benchmark import LoopBenchmarkSettings, run_loop_benchmark, write_loop_report
 
     settings = LoopBenchmarkSettings(
         dataset=args.dataset,

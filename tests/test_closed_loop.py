@@ -21,9 +21,9 @@ import pytest
 
 from distill.build import BuildOptions, distill_student, finetune_teacher
 from distill.calibrate import calibrate, predict, write_calibration
+from distill.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
 from distill.redistill import RedistillSettings, run_redistill
 from distill.training import TrainSettings
-from loadtests.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
 from router.signals import Signal
 from serving.artifact import resolve_model
 from serving.cli import follow_registry

@@ -1,4 +1,7 @@
-"""``cascade benchmark-loop``: the closed loop on a real dataset, as an operator would run it.
+"""``cascade benchmark-loop``: the re-distillation loop on a real dataset, as an operator would run it.
+
+It lives in ``distill`` (not ``loadtests``, whose tools only speak HTTP) because it builds and
+registers models as well as sending traffic.
 
 Intents held out of the student's training appear in the traffic; the gateway (``cascade serve``, a
 separate process) escalates and shadows them and logs what the teacher answered; ``cascade
@@ -24,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,8 +39,7 @@ import httpx
 import numpy as np
 import yaml
 
-from loadtests import free_port
-from loadtests.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
+from distill.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
 
 CPU_PRICE = 0.08925  # both roles run on this machine's CPU: price both as the CPU node (as benchmark-cascade)
 
@@ -104,6 +107,12 @@ def split(rows: list[dict[str, str]], held_out: int, seed: int) -> Split:
 def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _prepare_student(s: LoopBenchmarkSettings, data: Split, log: Any) -> Path:
@@ -320,7 +329,7 @@ def write_loop_report(result: dict[str, Any], output: Path, command: str) -> tup
         f"Reproduce: `{command}` (needs the teacher of `cascade benchmark-distill` in runs/benchmark/banking77).",
         "",
         "One run on this project's 2-core machine: the gateway (`cascade serve`), the load clients and the "
-        "`cascade redistill` job share the two cores. Split, phases and measures: `loadtests/loop_benchmark.py`.",
+        "`cascade redistill` job share the two cores. Split, phases and measures: `distill/loop_benchmark.py`.",
         "",
         f"Held-out intents ({len(result['held_out'])}): {', '.join(result['held_out'])}. "
         f"Share of held-out intents in the drift and post-swap traffic: {pct(result['drift_new_share'])}.",

@@ -1,10 +1,10 @@
 """The closed loop measured end to end: drift appears, the teacher labels it, a redistill run learns it,
 the gateway swaps the new student in under load, and escalation and agreement come back.
 
-The pieces here talk HTTP to a running gateway and read its metrics endpoint; they are shared by
-``tests/test_closed_loop.py`` (tiny models, the test session's Ray) and ``cascade benchmark-loop``
-(real models on a dataset, ``cascade serve`` and ``cascade redistill`` as separate processes, as an
-operator runs them).
+The pieces here talk HTTP to a running gateway and read its metrics endpoint (plus the teacher's
+answers, computed offline with ``serving``'s backends); they are shared by ``tests/test_closed_loop.py``
+(tiny models, the test session's Ray) and ``cascade benchmark-loop`` (``distill/loop_benchmark.py``:
+real models on a dataset, ``cascade serve`` and ``cascade redistill`` as separate processes).
 
 What a phase measures, on texts no model was trained on:
 
