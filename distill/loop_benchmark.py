@@ -347,6 +347,7 @@ def write_loop_report(result: dict[str, Any], output: Path, command: str) -> tup
         )
     swap, targets = result["swap"], result["targets"]
     training = swap["report"].get("training") or {}
+    evaluation = swap["report"].get("evaluation") or {}
     load = swap["load"]
     lines += [
         "",
@@ -359,6 +360,10 @@ def write_loop_report(result: dict[str, Any], output: Path, command: str) -> tup
         f"**{swap.get('seconds_from_job_start_to_serving', '–')} s**; "
         f"{swap.get('seconds_from_promotion_to_serving', '–')} s of it after the job ended "
         "(registry poll, artifact check, model load and warm-up, under the same load).",
+        f"The new student's calibration ({evaluation.get('calibration_sample', '–')}, "
+        f"{evaluation.get('calibration_texts', '–')} held-back texts): expected escalation "
+        f"{pct((evaluation.get('candidate') or {}).get('expected_escalation_rate'))}, served "
+        f"{pct(result['phases'][-1]['escalation_rate'])} after the swap.",
         f"Continuous load during the job and the swap: {load['requests']} requests in {load['seconds']} s "
         f"({load['requests_per_s']} req/s), **{load['failed']} failed**, versions {load['student_versions']}.",
         "",
