@@ -53,7 +53,8 @@ class Predictions:
         )
 
 
-def _logits(backend: Backend, texts: list[str], batch: int = 64) -> np.ndarray:
+def batched_logits(backend: Backend, texts: list[str], batch: int = 64) -> np.ndarray:
+    """A backend's logits for many texts, ``batch`` at a time."""
     return np.concatenate([backend.logits(texts[i : i + batch]) for i in range(0, len(texts), batch)])
 
 
@@ -76,8 +77,8 @@ def predict(
     return Predictions(
         data.texts,
         gold,
-        _logits(backends["teacher"], data.texts),
-        _logits(backends["student"], data.texts),
+        batched_logits(backends["teacher"], data.texts),
+        batched_logits(backends["student"], data.texts),
         seconds["teacher"],
         seconds["student"],
     )

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,13 +69,13 @@ def classify(
 
 def teacher_labels(teacher: str, texts: Sequence[str], *, max_length: int, threads: int = 1) -> dict[str, str]:
     """The teacher's answer per text, from the artifact the gateway serves (offline, nothing logged)."""
+    from distill.calibrate import batched_logits
     from serving.artifact import resolve_model
     from serving.backends import load_backend
 
     ref = resolve_model(teacher)
-    backend = load_backend(ref, threads=threads, max_length=max_length)
     distinct = list(dict.fromkeys(texts))
-    logits = np.concatenate([backend.logits(distinct[i : i + 64]) for i in range(0, len(distinct), 64)])
+    logits = batched_logits(load_backend(ref, threads=threads, max_length=max_length), distinct)
     return {text: ref.labels[int(row)] for text, row in zip(distinct, logits.argmax(axis=1), strict=True)}
 
 
@@ -213,29 +214,25 @@ class ContinuousLoad:
 
     def summary(self) -> dict[str, Any]:
         answers = self.snapshot()
-        statuses: dict[str, int] = {}
-        versions: dict[str, int] = {}
-        for answer in answers:
-            statuses[str(answer.status)] = statuses.get(str(answer.status), 0) + 1
-            if answer.student_version:
-                versions[answer.student_version] = versions.get(answer.student_version, 0) + 1
+        statuses = Counter(str(a.status) for a in answers)
+        versions = Counter(a.student_version for a in answers if a.student_version)
         seconds = (answers[-1].sent_at - answers[0].sent_at) if len(answers) > 1 else 0.0
         return {
             "requests": len(answers),
             "failed": sum(n for status, n in statuses.items() if status != "200"),
-            "statuses": statuses,
-            "student_versions": versions,
+            "statuses": dict(statuses),
+            "student_versions": dict(versions),
             "seconds": round(seconds, 1),
             "requests_per_s": round(len(answers) / seconds, 1) if seconds else None,
         }
 
 
-def wait_for_log(read_rows: Any, at_least: int, *, settle_s: float, deadline_s: float = 120) -> int:
+def wait_for_log(read_rows: Callable[[], int], at_least: int, *, settle_s: float, deadline_s: float = 120) -> int:
     """Wait until the traffic log holds ``at_least`` rows and has stopped growing for ``settle_s``."""
     end = time.time() + deadline_s
     last, since = -1, time.time()
     while time.time() < end:
-        rows = int(read_rows())
+        rows = read_rows()
         if rows != last:
             last, since = rows, time.time()
         elif rows >= at_least and time.time() - since >= settle_s:

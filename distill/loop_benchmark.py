@@ -115,8 +115,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _prepare_student(s: LoopBenchmarkSettings, data: Split, log: Any) -> Path:
-    """Distil the student on the known intents and calibrate it (reused when the split is the same)."""
+def _prepare_student(s: LoopBenchmarkSettings, data: Split, log: Any) -> tuple[Path, Path]:
+    """Distil the student on the known intents and calibrate it (reused when the split is the same).
+
+    Returns the student's folder and its training file (redistill's base data).
+    """
     from distill.build import BuildOptions, distill_student
     from distill.calibrate import calibrate, predict, write_calibration
     from distill.training import TrainSettings
@@ -129,7 +132,7 @@ def _prepare_student(s: LoopBenchmarkSettings, data: Split, log: Any) -> Path:
     marker = s.work / "student.json"
     if student.exists() and marker.exists() and json.loads(marker.read_text()) == stamp:
         log(f"reusing the student in {student}")
-        return student
+        return student, train
     log(f"distilling the student on {len(data.student_train)} texts of the known intents (held out: {data.held_out})")
     options = BuildOptions(
         name="loop-student",
@@ -145,7 +148,7 @@ def _prepare_student(s: LoopBenchmarkSettings, data: Split, log: Any) -> Path:
     )
     write_calibration(student, report)
     marker.write_text(json.dumps(stamp), encoding="utf-8")
-    return student
+    return student, train
 
 
 class _Process:
@@ -221,7 +224,7 @@ def run_loop_benchmark(s: LoopBenchmarkSettings, log: Any = print) -> dict[str, 
     s.work.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in (s.dataset / "train.jsonl").read_text(encoding="utf-8").splitlines() if line]
     data = split(rows, s.held_out, s.seed)
-    student = _prepare_student(s, data, log)
+    student, base = _prepare_student(s, data, log)
     for stale in ("registry", "traffic", "redistill-state"):
         shutil.rmtree(s.work / stale, ignore_errors=True)
     registry = Registry(s.work / "registry")
@@ -249,7 +252,6 @@ def run_loop_benchmark(s: LoopBenchmarkSettings, log: Any = print) -> dict[str, 
     }
     config_path = s.work / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    base = _write_jsonl(s.work / "student-train.jsonl", data.student_train)
     url, metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
     log("labelling every phase's texts with the teacher, offline")
     teacher = teacher_labels(str(s.teacher), data.pre + data.drift + data.post, max_length=64, threads=s.threads * 2)
