@@ -31,8 +31,9 @@ from distill.training import (
     train,
 )
 from serving.architectures import bag_of_embeddings_from_teacher, register_architectures
-from serving.artifact import Manifest, resolve_model, write_manifest
+from serving.artifact import Manifest, write_manifest
 from serving.errors import ArtifactError, DataError
+from serving.model_ref import resolve_model
 
 StudentShape = Literal["teacher_layers", "bag_of_embeddings"]
 

@@ -12,12 +12,12 @@ is written into the student's manifest, where the gateway reads it.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from distill.data import read_jsonl
 from distill.evaluate import time_backend
@@ -25,11 +25,50 @@ from router import Signal, confidence, softmax
 from router.calibration import expected_calibration_error, fit_temperature
 from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, DEFAULT_GPU_NODE_DOLLARS_PER_HOUR, CostModel
 from router.tradeoff import Outcomes, Point, Target, choose_threshold, reference_points, summary, sweep
-from serving.artifact import ModelRef, read_manifest, resolve_model, write_manifest
+from serving.artifact import (
+    Calibration,
+    CalibrationTarget,
+    ConfidenceHistogram,
+    Expectation,
+    MeasuredCost,
+    read_manifest,
+    write_manifest,
+)
 from serving.backends import Backend, load_backend
 from serving.errors import ArtifactError
+from serving.model_ref import ModelRef, resolve_model
+from serving.plotting import pyplot
 
 REFERENCE_BINS = 20
+
+
+class CalibrationReport(BaseModel):
+    """What ``cascade calibrate`` found: the fitted temperature, its effect, and the rule for the manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float
+    ece_before: float | None
+    """Expected calibration error before and after the temperature (None without gold labels)."""
+    ece_after: float | None
+    calibration: Calibration
+
+    @field_validator("ece_before", "ece_after", mode="before")
+    @classmethod
+    def _no_nan(cls, value: Any) -> Any:
+        return None if isinstance(value, float) and value != value else value
+
+    @property
+    def signal(self) -> Signal:
+        return self.calibration.signal
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+    @property
+    def expected(self) -> Expectation:
+        return self.calibration.expected
 
 
 @dataclass(frozen=True)
@@ -98,11 +137,11 @@ def cost_model(predictions: Predictions, *, student_price: float, teacher_price:
     return CostModel(predictions.student_seconds, predictions.teacher_seconds, student_price, teacher_price)
 
 
-def reference_histogram(scores: np.ndarray) -> dict[str, list[float]]:
+def reference_histogram(scores: np.ndarray) -> ConfidenceHistogram:
     """Share of dev requests per confidence bin: the distribution live drift (PSI) is measured against."""
     edges = np.linspace(0.0, 1.0, REFERENCE_BINS + 1)
     counts, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=edges)
-    return {"edges": edges.round(4).tolist(), "shares": (counts / max(1, counts.sum())).round(6).tolist()}
+    return ConfidenceHistogram(edges=edges.round(4).tolist(), shares=(counts / max(1, counts.sum())).round(6).tolist())
 
 
 def calibrate(
@@ -113,7 +152,7 @@ def calibrate(
     student_price: float = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR,
     teacher_price: float = DEFAULT_GPU_NODE_DOLLARS_PER_HOUR,
     signals: tuple[Signal, ...] = tuple(Signal),
-) -> dict[str, Any]:
+) -> CalibrationReport:
     """Fit the temperature, then the best (signal, threshold) for the target; return the full report."""
     cost = cost_model(predictions, student_price=student_price, teacher_price=teacher_price)
     if predictions.gold is not None:
@@ -136,33 +175,29 @@ def calibrate(
         chosen, signal, outcomes = min(candidates, key=lambda c: (c[0].dollars_per_1000, -c[0].quality))
     else:
         chosen, signal, outcomes = max(candidates, key=lambda c: (c[0].quality, -c[0].dollars_per_1000))
-    return {
-        "temperature": temperature,
-        "ece_before": ece_before,
-        "ece_after": ece_after,
-        "signal": signal.value,
-        "threshold": chosen.threshold,
-        "target": {"kind": target, "value": value},
-        "quality_measure": "accuracy" if predictions.gold is not None else "agreement_with_teacher",
-        "cost_model": {
-            "student_seconds_per_request": cost.student_seconds_per_request,
-            "teacher_seconds_per_request": cost.teacher_seconds_per_request,
-            "student_dollars_per_hour": cost.student_dollars_per_hour,
-            "teacher_dollars_per_hour": cost.teacher_dollars_per_hour,
-        },
-        "expected": summary(outcomes, cost, chosen),
-        "reference_confidence": reference_histogram(outcomes.confidence),
-    }
-
-
-def write_calibration(student_folder: Path, report: dict[str, Any]) -> None:
-    """Store temperature and the cascade choice in the student's manifest (checksums rewritten)."""
-    manifest = read_manifest(student_folder)
-    calibration = {k: report[k] for k in ("signal", "threshold", "target", "quality_measure", "expected", "cost_model")}
-    calibration["reference_confidence"] = report["reference_confidence"]
-    updated = manifest.model_copy(
-        update={"temperature": report["temperature"], "calibration": json.loads(json.dumps(calibration))}
+    calibration = Calibration(
+        signal=signal,
+        threshold=chosen.threshold,
+        target=CalibrationTarget(kind=target, value=value),
+        quality_measure="accuracy" if predictions.gold is not None else "agreement_with_teacher",
+        cost_model=MeasuredCost(
+            student_seconds_per_request=cost.student_seconds_per_request,
+            teacher_seconds_per_request=cost.teacher_seconds_per_request,
+            student_dollars_per_hour=cost.student_dollars_per_hour,
+            teacher_dollars_per_hour=cost.teacher_dollars_per_hour,
+        ),
+        expected=Expectation.model_validate(summary(outcomes, cost, chosen)),
+        reference_confidence=reference_histogram(outcomes.confidence),
     )
+    return CalibrationReport(
+        temperature=temperature, ece_before=ece_before, ece_after=ece_after, calibration=calibration
+    )
+
+
+def write_calibration(student_folder: Path, report: CalibrationReport) -> None:
+    """Store temperature and the cascade rule in the student's manifest (checksums rewritten)."""
+    manifest = read_manifest(student_folder)
+    updated = manifest.model_copy(update={"temperature": report.temperature, "calibration": report.calibration})
     write_manifest(student_folder, updated)
 
 
@@ -193,10 +228,7 @@ def curve(
 
 
 def plot_curve(result: dict[str, Any], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
     points = result["points"]
@@ -243,7 +275,7 @@ def calibrate_artifacts(
     threads: int = 1,
     student_price: float = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR,
     teacher_price: float = DEFAULT_GPU_NODE_DOLLARS_PER_HOUR,
-) -> dict[str, Any]:
+) -> CalibrationReport:
     teacher_ref, student_ref = resolve_model(teacher), resolve_model(student)
     predictions = predict(teacher_ref, student_ref, dev_path, threads=threads)
     report = calibrate(predictions, target, value, student_price=student_price, teacher_price=teacher_price)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from distill.data import read_jsonl
-from serving.artifact import ONNX_INT8_NAME, ONNX_NAME, ModelRef, resolve_model
+from serving.artifact import ONNX_INT8_NAME, ONNX_NAME
 from serving.backends import Backend, OnnxBackend, TorchBackend
+from serving.model_ref import ModelRef, resolve_model
 
 
 def macro_f1(predicted: Sequence[int], gold: Sequence[int], num_labels: int) -> float:
@@ -46,10 +46,44 @@ def _backends(ref: ModelRef, threads: int, max_length: int) -> dict[str, Backend
     return found
 
 
-@dataclass(frozen=True)
-class Timing:
+class _Report(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timing(_Report):
     cpu_ms_per_example: float
     wall_ms_per_example: float
+
+
+class ModelEvaluation(_Report):
+    """One model on the evaluation data: quality, size, and CPU time per example for each backend × batch."""
+
+    version: str
+    accuracy: float
+    macro_f1: float
+    parameters: int
+    size_on_disk: dict[str, int]
+    timing: dict[str, Timing]
+    """``<backend>_batch<size>``, e.g. ``onnx_fp32_batch32``."""
+    threads: int
+
+
+class DataSummary(_Report):
+    path: str
+    rows: int
+
+
+class EvaluationReport(_Report):
+    """``cascade evaluate``: teacher and student on the same data, in the same run on the same machine."""
+
+    data: DataSummary
+    teacher: ModelEvaluation
+    student: ModelEvaluation
+    agreement: float
+    """Top-1 agreement of student and teacher."""
+    accuracy_kept: float | None
+    cpu_time_ratio: dict[str, float]
+    """Student CPU time / teacher CPU time, per backend × batch both have."""
 
 
 def time_backend(backend: Backend, texts: Sequence[str], batch_size: int, repeats: int = 3) -> Timing:
@@ -63,7 +97,7 @@ def time_backend(backend: Backend, texts: Sequence[str], batch_size: int, repeat
             backend.logits(batch)
         cpu.append((time.process_time() - cpu_start) * 1000 / len(texts))
         wall.append((time.perf_counter() - wall_start) * 1000 / len(texts))
-    return Timing(statistics.median(cpu), statistics.median(wall))
+    return Timing(cpu_ms_per_example=statistics.median(cpu), wall_ms_per_example=statistics.median(wall))
 
 
 def _size_on_disk(folder: Path) -> dict[str, int]:
@@ -91,26 +125,26 @@ def evaluate_model(
     max_length: int = 64,
     batch_sizes: Sequence[int] = (1, 32),
     timing_examples: int = 256,
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[ModelEvaluation, np.ndarray]:
     backends = _backends(ref, threads, max_length)
     quality_backend = backends.get("onnx_fp32", backends["torch"])
     logits = np.concatenate([quality_backend.logits(list(texts[i : i + 64])) for i in range(0, len(texts), 64)])
     predicted = logits.argmax(axis=1)
     timing_texts = list(texts[:timing_examples])
     timings = {
-        f"{name}_batch{size}": vars(time_backend(backend, timing_texts, size))
+        f"{name}_batch{size}": time_backend(backend, timing_texts, size)
         for name, backend in backends.items()
         for size in batch_sizes
     }
-    report = {
-        "version": ref.version,
-        "accuracy": float(np.mean(predicted == np.asarray(gold))),
-        "macro_f1": macro_f1(predicted.tolist(), gold, len(ref.labels)),
-        "parameters": _parameters(backends["torch"]),
-        "size_on_disk": _size_on_disk(Path(ref.location)),
-        "timing": timings,
-        "threads": threads,
-    }
+    report = ModelEvaluation(
+        version=ref.version,
+        accuracy=float(np.mean(predicted == np.asarray(gold))),
+        macro_f1=macro_f1(predicted.tolist(), gold, len(ref.labels)),
+        parameters=_parameters(backends["torch"]),
+        size_on_disk=_size_on_disk(Path(ref.location)),
+        timing=timings,
+        threads=threads,
+    )
     return report, logits
 
 
@@ -123,7 +157,7 @@ def evaluate_pair(
     max_length: int = 64,
     limit: int | None = None,
     timing_examples: int = 256,
-) -> dict[str, Any]:
+) -> EvaluationReport:
     teacher_ref, student_ref = resolve_model(teacher), resolve_model(student)
     labels = list(teacher_ref.labels)
     data = read_jsonl(data_path, known_labels=labels, limit=limit)
@@ -132,37 +166,35 @@ def evaluate_pair(
     teacher_report, teacher_logits = evaluate_model(teacher_ref, data.texts, gold, **options)  # type: ignore[arg-type]
     student_report, student_logits = evaluate_model(student_ref, data.texts, gold, **options)  # type: ignore[arg-type]
     agreement = float(np.mean(teacher_logits.argmax(axis=1) == student_logits.argmax(axis=1)))
-    return {
-        "data": {"path": str(data_path), "rows": len(data)},
-        "teacher": teacher_report,
-        "student": student_report,
-        "agreement": agreement,
-        "accuracy_kept": student_report["accuracy"] / teacher_report["accuracy"]
-        if teacher_report["accuracy"]
-        else None,
-        "cpu_time_ratio": {
-            key: student_report["timing"][key]["cpu_ms_per_example"]
-            / teacher_report["timing"][key]["cpu_ms_per_example"]
-            for key in student_report["timing"]
-            if key in teacher_report["timing"]
+    return EvaluationReport(
+        data=DataSummary(path=str(data_path), rows=len(data)),
+        teacher=teacher_report,
+        student=student_report,
+        agreement=agreement,
+        accuracy_kept=student_report.accuracy / teacher_report.accuracy if teacher_report.accuracy else None,
+        cpu_time_ratio={
+            key: timing.cpu_ms_per_example / teacher_report.timing[key].cpu_ms_per_example
+            for key, timing in student_report.timing.items()
+            if key in teacher_report.timing
         },
-    }
+    )
 
 
-def format_table(report: dict[str, Any]) -> str:
+def format_table(report: EvaluationReport) -> str:
+    teacher, student = report.teacher, report.student
     rows = [("", "teacher", "student")]
-    rows.append(("accuracy", f"{report['teacher']['accuracy']:.4f}", f"{report['student']['accuracy']:.4f}"))
-    rows.append(("macro-F1", f"{report['teacher']['macro_f1']:.4f}", f"{report['student']['macro_f1']:.4f}"))
-    rows.append(("parameters", f"{report['teacher']['parameters']:,}", f"{report['student']['parameters']:,}"))
-    for key in report["teacher"]["timing"]:
-        student = report["student"]["timing"].get(key)
+    rows.append(("accuracy", f"{teacher.accuracy:.4f}", f"{student.accuracy:.4f}"))
+    rows.append(("macro-F1", f"{teacher.macro_f1:.4f}", f"{student.macro_f1:.4f}"))
+    rows.append(("parameters", f"{teacher.parameters:,}", f"{student.parameters:,}"))
+    for key, timing in teacher.timing.items():
+        other = student.timing.get(key)
         rows.append(
             (
                 f"cpu ms/example {key}",
-                f"{report['teacher']['timing'][key]['cpu_ms_per_example']:.3f}",
-                f"{student['cpu_ms_per_example']:.3f}" if student else "-",
+                f"{timing.cpu_ms_per_example:.3f}",
+                f"{other.cpu_ms_per_example:.3f}" if other else "-",
             )
         )
-    rows.append(("agreement student-teacher", f"{report['agreement']:.4f}", ""))
+    rows.append(("agreement student-teacher", f"{report.agreement:.4f}", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)

@@ -18,9 +18,10 @@ from torch import nn
 
 from router import softmax
 from serving.architectures import register_architectures
-from serving.artifact import ONNX_INT8_NAME, ONNX_NAME, ModelRef
+from serving.artifact import ONNX_INT8_NAME, ONNX_NAME
 from serving.backends import ONNX_INPUT_NAMES, OnnxBackend, TorchBackend
 from serving.errors import ArtifactError
+from serving.model_ref import ModelRef
 
 FP32_PARITY_TOLERANCE = 1e-4
 ONNX_OPSET = 17

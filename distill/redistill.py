@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
+from distill.gate import StudentMeasurement, decide_promotion, triggers
 from serving.errors import ArtifactError, CascadeError
 from serving.registry import Registry
 
@@ -72,6 +74,47 @@ class RedistillSettings:
     escalated text but only that share of the others). Without it, on the whole held-back slice."""
     reader: Literal["pyarrow", "ray"] = "pyarrow"
     """How the log is read: pyarrow in this process, or Ray Data across the cluster the job runs on."""
+
+
+Outcome = Literal["promoted", "rejected", "not_needed", "skipped", "not_enough_data", "failed"]
+OUTCOMES: tuple[Outcome, ...] = ("promoted", "rejected", "not_needed", "skipped", "not_enough_data", "failed")
+
+
+class Evaluation(BaseModel):
+    """Candidate and current student on the held-back slice, and what the candidate was calibrated on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    holdout_texts: int
+    calibration_texts: int
+    calibration_sample: Literal["traffic-weighted", "held-back slice"]
+    candidate: StudentMeasurement
+    current: StudentMeasurement
+
+
+class RedistillReport(BaseModel):
+    """What one run did and why: written to ``<state>/reports/`` and summarised in ``redistill.prom``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    report_version: int = REPORT_VERSION
+    started: float
+    ended: float | None = None
+    settings: dict[str, Any]
+    outcome: Outcome | None = None
+    why: str = ""
+    current: str | None = None
+    log_rows: int = 0
+    new_teacher_labels: int = 0
+    usable_texts: int = 0
+    without_text: int = 0
+    shadow_compared: int = 0
+    shadow_disagreement: float | None = None
+    reasons: list[str] = []
+    candidate: str | None = None
+    training: dict[str, Any] | None = None
+    evaluation: Evaluation | None = None
+    report_path: str | None = None
 
 
 @contextmanager
@@ -123,29 +166,27 @@ def _save_state(state: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _write_outputs(settings: RedistillSettings, report: dict[str, Any]) -> dict[str, Any]:
+def _write_outputs(settings: RedistillSettings, report: RedistillReport) -> RedistillReport:
     reports = settings.state / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(report["started"]))
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(report.started))
     path = reports / f"redistill-{stamp}-{os.getpid()}.json"
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    report["report_path"] = str(path)
-    outcomes = ("promoted", "rejected", "not_needed", "skipped", "not_enough_data", "failed")
+    report.report_path = str(path)
+    path.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
     lines = [
         "# HELP cascade_redistill_last_run_timestamp_seconds When the last redistill run ended.",
         "# TYPE cascade_redistill_last_run_timestamp_seconds gauge",
-        f"cascade_redistill_last_run_timestamp_seconds {report['ended']:.0f}",
+        f"cascade_redistill_last_run_timestamp_seconds {report.ended or time.time():.0f}",
         "# HELP cascade_redistill_last_outcome 1 for the outcome of the last run.",
         "# TYPE cascade_redistill_last_outcome gauge",
-        *(f'cascade_redistill_last_outcome{{outcome="{o}"}} {int(report["outcome"] == o)}' for o in outcomes),
+        *(f'cascade_redistill_last_outcome{{outcome="{o}"}} {int(report.outcome == o)}' for o in OUTCOMES),
         "# HELP cascade_redistill_new_teacher_labels Teacher-labelled texts the last run read.",
         "# TYPE cascade_redistill_new_teacher_labels gauge",
-        f"cascade_redistill_new_teacher_labels {report.get('new_teacher_labels', 0)}",
+        f"cascade_redistill_new_teacher_labels {report.new_teacher_labels}",
     ]
-    for who in ("current", "candidate"):
-        value = (report.get("evaluation") or {}).get(who, {}).get("agreement")
-        if value is not None:
-            lines.append(f'cascade_redistill_agreement{{model="{who}"}} {value:.6f}')
+    if report.evaluation is not None:
+        for who, measured in (("current", report.evaluation.current), ("candidate", report.evaluation.candidate)):
+            lines.append(f'cascade_redistill_agreement{{model="{who}"}} {measured.agreement:.6f}')
     prom = settings.state / "redistill.prom"
     tmp = prom.with_suffix(".prom.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -153,25 +194,26 @@ def _write_outputs(settings: RedistillSettings, report: dict[str, Any]) -> dict[
     return report
 
 
-def run_redistill(settings: RedistillSettings, log: Any = print) -> dict[str, Any]:
+def run_redistill(settings: RedistillSettings, log: Any = print) -> RedistillReport:
     """One run of the job (see the module docstring); returns its report."""
-    started = time.time()
-    report: dict[str, Any] = {"report_version": REPORT_VERSION, "started": started, "settings": asdict(settings)}
+    settings_json = json.loads(json.dumps(asdict(settings), default=str))
+    report = RedistillReport(started=time.time(), settings=settings_json)
     with _exclusive(settings.state / "redistill.lock") as acquired:
         if not acquired:
-            report.update(outcome="skipped", why="another redistill run holds the lock", ended=time.time())
-            log(f"redistill: {report['why']}")
+            report.outcome, report.why, report.ended = "skipped", "another redistill run holds the lock", time.time()
+            log(f"redistill: {report.why}")
             return report  # the running one owns the outputs
         try:
-            report.update(_run_locked(settings, log))
+            _run_locked(settings, report, log)
         except CascadeError as error:
-            report.update(outcome="failed", why=str(error))
-        report["ended"] = time.time()
-        log(f"redistill: {report['outcome']}: {report.get('why', '')}")
+            report.outcome, report.why = "failed", str(error)
+        report.ended = time.time()
+        log(f"redistill: {report.outcome}: {report.why}")
         return _write_outputs(settings, report)
 
 
-def _run_locked(settings: RedistillSettings, log: Any) -> dict[str, Any]:
+def _run_locked(settings: RedistillSettings, report: RedistillReport, log: Any) -> None:
+    """Steps 2–6 of the module docstring, filling in ``report`` as they go."""
     from serving.traffic_log import read_traffic_log
 
     state = _load_state(settings.state)
@@ -197,35 +239,34 @@ def _run_locked(settings: RedistillSettings, log: Any) -> dict[str, Any]:
         if shadow
         else None
     )
-    facts = {
-        "current": f"{current.name}:{current.version}",
-        "log_rows": len(rows),
-        "new_teacher_labels": len(labelled),
-        "usable_texts": len(usable),
-        "without_text": len(labelled) - len(usable),
-        "shadow_compared": len(shadow),
-        "shadow_disagreement": disagreement,
-    }
-    reasons = []
-    if settings.force:
-        reasons.append("forced (--force)")
-    if len(labelled) >= settings.min_new_labels:
-        reasons.append(f"{len(labelled)} new teacher labels >= {settings.min_new_labels}")
-    if disagreement is not None and len(shadow) >= settings.min_shadow and disagreement > settings.max_disagreement:
-        reasons.append(f"shadow disagreement {disagreement:.3f} > {settings.max_disagreement}")
-    if settings.every_s is not None and (
-        state["last_trained"] is None or time.time() - state["last_trained"] >= settings.every_s
-    ):
-        reasons.append(f"schedule: every {settings.every_s:.0f} s")
-    log(f"redistill: {facts}")
-    if not reasons:
-        return {**facts, "outcome": "not_needed", "why": "no trigger: too few new labels, no drift, no schedule due"}
+    report.current = f"{current.name}:{current.version}"
+    report.log_rows, report.new_teacher_labels, report.usable_texts = len(rows), len(labelled), len(usable)
+    report.without_text, report.shadow_compared = len(labelled) - len(usable), len(shadow)
+    report.shadow_disagreement = disagreement
+    report.reasons = list(
+        triggers(
+            force=settings.force,
+            new_labels=len(labelled),
+            min_new_labels=settings.min_new_labels,
+            shadow_disagreement=disagreement,
+            shadow_compared=len(shadow),
+            min_shadow=settings.min_shadow,
+            max_disagreement=settings.max_disagreement,
+            every_s=settings.every_s,
+            seconds_since_training=None if state["last_trained"] is None else time.time() - state["last_trained"],
+        )
+    )
+    log(f"redistill: {len(rows)} log rows, {len(labelled)} new teacher labels, {len(shadow)} shadow comparisons")
+    if not report.reasons:
+        report.outcome, report.why = "not_needed", "no trigger: too few new labels, no drift, no schedule due"
+        return
     texts = {r["text"]: r["teacher_logits"] for r in usable}  # the latest logits per distinct text
     logged_reason = {r["text"]: r["reason"] for r in usable}
     holdout = {t: z for t, z in texts.items() if _in_holdout(t, settings.holdout_share)}
     training = {t: z for t, z in texts.items() if t not in holdout}
     if len(holdout) < 10 or len(training) < 10:
-        return {**facts, "reasons": reasons, "outcome": "not_enough_data", "why": f"{len(texts)} distinct texts"}
+        report.outcome, report.why = "not_enough_data", f"{len(texts)} distinct texts"
+        return
     version = _next_version(registry, current.name)
     work = settings.state / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -237,30 +278,24 @@ def _run_locked(settings: RedistillSettings, log: Any) -> dict[str, Any]:
     )
     candidate_path = work / f"{current.name}-{version}"
     log(f"redistill: training {current.name}:{version} on {len(training)} logged texts, holding back {len(holdout)}")
-    training_summary = _train_candidate(settings, current.path, teacher_path, training, labels, candidate_path, version)
+    report.candidate = f"{current.name}:{version}"
+    report.training = _train_candidate(settings, current.path, teacher_path, training, labels, candidate_path, version)
     calibration = set(calibration_slice({t: logged_reason[t] for t in holdout}, settings.shadow_rate))
     calibration_rows = np.asarray([i for i, t in enumerate(holdout) if t in calibration], dtype=np.int64)
-    evaluation = _evaluate(settings, teacher_path, current.path, candidate_path, holdout_path, calibration_rows)
-    verdict, why = _gate(evaluation, settings.cost_tolerance)
-    result = {
-        **facts,
-        "reasons": reasons,
-        "candidate": f"{current.name}:{version}",
-        "training": training_summary,
-        "evaluation": evaluation,
-        "outcome": verdict,
-        "why": why,
-    }
-    if verdict == "promoted":
+    report.evaluation = _evaluate(settings, teacher_path, current.path, candidate_path, holdout_path, calibration_rows)
+    decision = decide_promotion(
+        report.evaluation.candidate, report.evaluation.current, cost_tolerance=settings.cost_tolerance
+    )
+    report.outcome, report.why = decision.outcome, decision.why
+    if decision.promote:
         entry = registry.add(candidate_path)
-        registry.promote("student", entry.name, entry.version, reason=f"redistill: {why}")
+        registry.promote("student", entry.name, entry.version, reason=f"redistill: {decision.why}")
     newest = max((r["time"] for r in rows), default=None)
     _save_state(
         settings.state,
         {"since": newest.timestamp() if newest is not None else state["since"], "last_trained": time.time()},
     )
     shutil.rmtree(work, ignore_errors=True)
-    return result
 
 
 def _next_version(registry: Registry, name: str) -> str:
@@ -284,7 +319,8 @@ def _train_candidate(
     from distill.data import read_jsonl
     from distill.training import TrainingData, TrainSettings, predict_logits, seed_everything, tokenize, train
     from serving.architectures import register_architectures
-    from serving.artifact import read_manifest, resolve_model
+    from serving.artifact import read_manifest
+    from serving.model_ref import resolve_model
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -323,7 +359,7 @@ def _train_candidate(
         update={
             "version": version,
             "temperature": 1.0,
-            "calibration": {},
+            "calibration": None,
             "files": {},
             "training": {
                 "redistilled_from": f"{parent.name}:{parent.version}",
@@ -349,42 +385,57 @@ def _evaluate(
     candidate: Path,
     holdout: Path,
     calibration_rows: np.ndarray,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Measure both students on the held-back slice; calibrate the candidate on ``calibration_rows`` of it."""
     from distill.calibrate import calibrate, predict, write_calibration
     from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
-    from serving.artifact import resolve_model
+    from serving.model_ref import resolve_model
 
     teacher = resolve_model(teacher_path)
     price = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
-    results: dict[str, Any] = {"holdout_texts": sum(1 for _ in holdout.open(encoding="utf-8"))}
+    measured: dict[str, StudentMeasurement] = {}
+    sample_size, sample_kind = 0, "held-back slice"
     for who, folder in (("candidate", candidate), ("current", current)):
         predictions = predict(teacher, resolve_model(str(folder)), holdout, threads=1, max_length=settings.max_length)
         # Agreement with the teacher's logged answers (the held-back file's labels), not a fresh run.
         assert predictions.gold is not None
-        agreement = float(np.mean(predictions.student_logits.argmax(axis=1) == predictions.gold))
-        results[who] = {
-            "agreement": agreement,
+        base = {
+            "agreement": float(np.mean(predictions.student_logits.argmax(axis=1) == predictions.gold)),
             "cpu_ms_per_text": 1000 * predictions.student_seconds,
             "parameters": _parameters(folder),
         }
-        if who == "candidate":
-            # Too small an unbiased sample calibrates worse than the whole (biased) slice: fall back.
-            enough = len(calibration_rows) >= MIN_CALIBRATION_TEXTS
-            sample = predictions.subset(calibration_rows) if enough else predictions
-            results["calibration_texts"] = len(sample.texts)
-            results["calibration_sample"] = "traffic-weighted" if enough and settings.shadow_rate else "held-back slice"
-            try:
-                report = calibrate(
-                    sample, "max_quality_loss", settings.max_quality_loss, student_price=price, teacher_price=price
-                )
-            except ValueError as error:
-                results[who]["calibration"] = f"failed: {error}"
-            else:
-                write_calibration(candidate, report)
-                results[who]["calibration"] = {k: report[k] for k in ("temperature", "signal", "threshold")}
-                results[who]["expected_escalation_rate"] = report["expected"]["chosen"]["escalation_rate"]
-    return results
+        if who == "current":
+            measured[who] = StudentMeasurement(**base)
+            continue
+        # Too small an unbiased sample calibrates worse than the whole (biased) slice: fall back.
+        enough = len(calibration_rows) >= MIN_CALIBRATION_TEXTS
+        sample = predictions.subset(calibration_rows) if enough else predictions
+        sample_size = len(sample.texts)
+        sample_kind = "traffic-weighted" if enough and settings.shadow_rate else "held-back slice"
+        try:
+            report = calibrate(
+                sample, "max_quality_loss", settings.max_quality_loss, student_price=price, teacher_price=price
+            )
+        except ValueError as error:
+            measured[who] = StudentMeasurement(**base, calibration_error=str(error))
+        else:
+            write_calibration(candidate, report)
+            measured[who] = StudentMeasurement(
+                **base,
+                calibration={
+                    "temperature": report.temperature,
+                    "signal": report.signal.value,
+                    "threshold": report.threshold,
+                },
+                expected_escalation_rate=report.calibration.expected_escalation_rate,
+            )
+    return Evaluation(
+        holdout_texts=sum(1 for _ in holdout.open(encoding="utf-8")),
+        calibration_texts=sample_size,
+        calibration_sample=sample_kind,
+        candidate=measured["candidate"],
+        current=measured["current"],
+    )
 
 
 def _parameters(folder: Path) -> int:
@@ -398,24 +449,4 @@ def _parameters(folder: Path) -> int:
     return total
 
 
-def _gate(evaluation: dict[str, Any], cost_tolerance: float) -> tuple[str, str]:
-    candidate, current = evaluation["candidate"], evaluation["current"]
-    if not isinstance(candidate.get("calibration"), dict):
-        return "rejected", f"the candidate could not be calibrated ({candidate.get('calibration')})"
-    if candidate["agreement"] < current["agreement"]:
-        return "rejected", (
-            f"agreement with the teacher {candidate['agreement']:.4f} < current {current['agreement']:.4f}"
-        )
-    # Not more costly: a candidate of the same shape (it starts from the current student's weights)
-    # costs the same by construction, and timing two identical graphs only measures noise; a
-    # different shape must be measured no slower than the tolerance allows.
-    limit = current["cpu_ms_per_text"] * (1 + cost_tolerance)
-    if candidate["parameters"] > current["parameters"] and candidate["cpu_ms_per_text"] > limit:
-        return "rejected", f"costlier: {candidate['cpu_ms_per_text']:.3f} ms/text > {limit:.3f}"
-    return "promoted", (
-        f"agreement {candidate['agreement']:.4f} >= {current['agreement']:.4f} at "
-        f"{candidate['cpu_ms_per_text']:.3f} ms/text (current {current['cpu_ms_per_text']:.3f})"
-    )
-
-
-__all__ = ["RedistillSettings", "run_redistill"]
+__all__ = ["RedistillReport", "RedistillSettings", "run_redistill"]

@@ -4,9 +4,10 @@ Public surface: the config loader, the artifact resolver and the application bui
 else is an implementation detail of the gateway.
 """
 
-from serving.artifact import Manifest, ModelRef, resolve_model
+from serving.artifact import Manifest
 from serving.config import GatewayConfig, load_config, parse_config
 from serving.errors import CascadeError
+from serving.model_ref import ModelRef, resolve_model
 
 __all__ = [
     "CascadeError",

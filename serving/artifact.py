@@ -9,23 +9,106 @@ there is nothing to verify.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from router import Signal
 from serving.errors import ArtifactError
+from serving.vocabulary import Role
 
 MANIFEST_NAME = "manifest.json"
 ONNX_NAME = "model.onnx"
 ONNX_INT8_NAME = "model.int8.onnx"
 MANIFEST_SCHEMA_VERSION = 1
 
-Role = Literal["teacher", "student"]
 Format = Literal["hf", "onnx", "onnx-int8"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _nan_to_none(value: Any) -> Any:
+    """The oracle and random routing have no threshold, and a share can be undefined: stored as null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+class CurvePoint(_Record):
+    """One point of the cost–quality curve (``router.tradeoff.Point``), as stored."""
+
+    threshold: float | None
+    escalation_rate: float
+    quality: float
+    dollars_per_1000: float
+
+    _no_nan = field_validator("threshold", mode="before")(_nan_to_none)
+
+
+class QualityCost(_Record):
+    quality: float
+    dollars_per_1000: float
+
+
+class Expectation(_Record):
+    """What calibration expects on live traffic at the chosen threshold, and the reference points beside it."""
+
+    examples: int
+    chosen: CurvePoint
+    escalation_rate_95ci: tuple[float, float]
+    quality_95ci: tuple[float, float]
+    teacher_only: QualityCost
+    student_only: QualityCost
+    oracle: CurvePoint
+    random_at_same_escalation: CurvePoint
+    share_of_oracle_savings: float | None
+
+    _no_nan = field_validator("share_of_oracle_savings", mode="before")(_nan_to_none)
+
+
+class CalibrationTarget(_Record):
+    kind: Literal["max_quality_loss", "max_escalation", "max_cost"]
+    value: float
+
+
+class MeasuredCost(_Record):
+    """Compute seconds per request measured at calibration, and the prices they were charged at."""
+
+    student_seconds_per_request: float
+    teacher_seconds_per_request: float
+    student_dollars_per_hour: float
+    teacher_dollars_per_hour: float
+
+
+class ConfidenceHistogram(_Record):
+    """Share of calibration requests per confidence bin: what live drift (PSI) is measured against."""
+
+    edges: list[float]
+    shares: list[float]
+
+
+class Calibration(_Record):
+    """The cascade rule ``cascade calibrate`` chose for a student, stored in its manifest.
+
+    The gateway serves with it unless the config's ``cascade`` section says otherwise
+    (``serving.policy.policy_in_force``).
+    """
+
+    signal: Signal
+    threshold: float = Field(ge=0)
+    target: CalibrationTarget
+    quality_measure: Literal["accuracy", "agreement_with_teacher"]
+    expected: Expectation
+    cost_model: MeasuredCost
+    reference_confidence: ConfidenceHistogram | None = None
+
+    @property
+    def expected_escalation_rate(self) -> float:
+        return self.expected.chosen.escalation_rate
 
 
 class Manifest(BaseModel):
@@ -45,10 +128,15 @@ class Manifest(BaseModel):
     """The teacher version a student was distilled from."""
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
-    calibration: dict[str, Any] = Field(default_factory=dict)
+    calibration: Calibration | None = None
     """Set by ``cascade calibrate``: signal, threshold, target, expectations, reference confidences."""
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     files: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("calibration", mode="before")
+    @classmethod
+    def _uncalibrated(cls, value: Any) -> Any:
+        return value or None  # manifests written before the typed record stored {} for "not calibrated"
 
 
 def sha256_file(path: Path) -> str:
@@ -109,78 +197,3 @@ def verify_artifact(folder: Path) -> Manifest:
                 f"{folder}: checksum of {relative} is {actual[:12]}…, the manifest says {expected[:12]}…"
             )
     return manifest
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A resolved model reference: where it is, what it predicts, and which version it is."""
-
-    location: str
-    """A local folder, or a hub id."""
-    labels: tuple[str, ...]
-    version: str
-    temperature: float = 1.0
-    has_onnx: bool = False
-    manifest: Manifest | None = None
-
-
-def resolve_model(reference: str, *, verify: bool = True) -> ModelRef:
-    """Turn a config's ``model`` string into a ModelRef, verifying an artifact's checksums.
-
-    ``reference`` is an artifact folder, a plain Hugging Face folder, a hub id, or
-    ``registry:<root>/<role>`` (the version currently promoted for that role).
-    """
-    if reference.startswith("registry:"):
-        from serving.registry import resolve_registry_reference
-
-        reference = str(resolve_registry_reference(reference))
-    folder = Path(reference).expanduser()
-    if (folder / MANIFEST_NAME).exists():
-        manifest = verify_artifact(folder) if verify else read_manifest(folder)
-        return ModelRef(
-            location=str(folder.resolve()),
-            labels=tuple(manifest.labels),
-            version=f"{manifest.name}:{manifest.version}",
-            temperature=manifest.temperature,
-            has_onnx=(folder / ONNX_NAME).exists(),
-            manifest=manifest,
-        )
-    if folder.exists() and not (folder / "config.json").exists():
-        raise ArtifactError(f"{folder} has neither {MANIFEST_NAME} nor a Hugging Face config.json")
-    return _resolve_hugging_face(reference, folder)
-
-
-def _resolve_hugging_face(reference: str, folder: Path) -> ModelRef:
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(reference)
-    except (OSError, ValueError) as error:
-        raise ArtifactError(f"cannot load model {reference!r}: {error}") from None
-    id2label = getattr(config, "id2label", None) or {}
-    labels = tuple(id2label[i] for i in sorted(id2label))
-    if len(labels) < 2:
-        raise ArtifactError(f"model {reference!r} declares fewer than two labels (config.id2label)")
-    if folder.exists():
-        digest = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:8]
-        version = f"{folder.resolve().name}:{digest}"
-        has_onnx = (folder / ONNX_NAME).exists()
-        location = str(folder.resolve())
-    else:
-        version = f"{reference}:{getattr(config, '_commit_hash', None) or 'hub'}"
-        has_onnx = False
-        location = reference
-    return ModelRef(location=location, labels=labels, version=version, has_onnx=has_onnx)
-
-
-def check_same_labels(student: ModelRef, teacher: ModelRef) -> None:
-    """The cascade compares answers label by label: both roles must share one label list, in order."""
-    if student.labels != teacher.labels:
-        only_student = sorted(set(student.labels) - set(teacher.labels))
-        only_teacher = sorted(set(teacher.labels) - set(student.labels))
-        detail = (
-            f"only the student has {only_student[:5]}, only the teacher has {only_teacher[:5]}"
-            if only_student or only_teacher
-            else "same labels in a different order"
-        )
-        raise ArtifactError(f"student and teacher label sets differ: {detail}")

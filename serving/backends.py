@@ -17,8 +17,9 @@ from typing import Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from serving.artifact import ONNX_INT8_NAME, ONNX_NAME, ModelRef
+from serving.artifact import ONNX_INT8_NAME, ONNX_NAME
 from serving.errors import ArtifactError, ConfigError
+from serving.model_ref import ModelRef
 
 BackendName = Literal["auto", "torch", "onnx"]
 DeviceName = Literal["auto", "cpu", "cuda"]

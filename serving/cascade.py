@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from router import CascadePolicy
-from serving.schemas import ClassifyResult, Role, Route
+from serving.schemas import ClassifyResult
+from serving.vocabulary import Role, Route
 
 LogitsCall = Callable[[list[str]], Awaitable[np.ndarray]]
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from router.cost import SavingsCarry
 from router.drift import RollingHistogram, population_stability_index
+from serving.vocabulary import REQUEST_PATHS, ROLES, SHADOW_OUTCOMES, RequestPath, ShadowOutcome
 
 RAY_PREFIX = "ray_"
 
@@ -42,11 +43,11 @@ TRAFFIC_LOG_WRITTEN = "cascade_traffic_log_written_total"
 TRAFFIC_LOG_DROPPED = "cascade_traffic_log_dropped_total"
 
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
-    "served_by": ("student", "teacher"),
-    "reason": ("low_confidence", "forced"),
-    "path": ("student", "escalated", "forced"),
-    "role": ("student", "teacher", "shadow"),
-    "outcome": ("agree", "disagree", "dropped", "failed"),
+    "served_by": ROLES,
+    "reason": ("escalation", "forced"),
+    "path": REQUEST_PATHS,
+    "role": (*ROLES, "shadow"),
+    "outcome": SHADOW_OUTCOMES,
     "status_class": ("2xx", "4xx", "5xx"),
 }
 
@@ -187,7 +188,7 @@ class GatewayMetrics:
         self,
         *,
         served_by: Sequence[str],
-        path: str,
+        path: RequestPath,
         duration_s: float,
         student_confidence: np.ndarray | None,
         usage: RequestUsage,
@@ -200,7 +201,7 @@ class GatewayMetrics:
                 self._m[REQUESTS].inc(count, tags={"served_by": role})
         teacher_texts = sum(1 for who in served_by if who == "teacher")
         if teacher_texts:
-            reason = "forced" if path == "forced" else "low_confidence"
+            reason = "forced" if path == "forced" else "escalation"
             self._m[ESCALATIONS].inc(teacher_texts, tags={"reason": reason})
             self.learn_teacher_speed(usage.teacher_seconds, teacher_texts)
         self._m[REQUEST_DURATION].observe(duration_s, tags={"path": path})
@@ -232,7 +233,7 @@ class GatewayMetrics:
         if self._expected_escalation is not None:
             self._m[EXPECTED_ESCALATION].set(self._expected_escalation)
 
-    def record_shadow(self, outcome: str, teacher_seconds: float = 0.0, texts: int = 0) -> None:
+    def record_shadow(self, outcome: ShadowOutcome, teacher_seconds: float = 0.0, texts: int = 0) -> None:
         self._m[SHADOW].inc(max(texts, 1), tags={"outcome": outcome})
         if teacher_seconds > 0:
             self.learn_teacher_speed(teacher_seconds, texts)

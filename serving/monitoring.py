@@ -63,7 +63,7 @@ def _non_forced_texts(window: str) -> str:
 
 
 def _escalation_ratio(window: str) -> str:
-    low = _sum_rate(m.ESCALATIONS, '{reason="low_confidence"}', window)
+    low = _sum_rate(m.ESCALATIONS, '{reason="escalation"}', window)
     return f"({low} or vector(0)) / {_non_forced_texts(window)}"
 
 

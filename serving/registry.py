@@ -22,11 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serving.artifact import MANIFEST_NAME, Manifest, Role, verify_artifact
+from serving.artifact import MANIFEST_NAME, Manifest, verify_artifact
 from serving.errors import ArtifactError
-
-REGISTRY_PREFIX = "registry:"
-ROLES: tuple[Role, ...] = ("student", "teacher")
+from serving.vocabulary import REGISTRY_PREFIX, ROLES
 
 
 @dataclass(frozen=True)
@@ -145,9 +143,13 @@ class Registry:
 
 
 def resolve_registry_reference(reference: str) -> Path:
-    """``registry:<root>/<role>`` → the folder of that role's current version."""
+    """``registry:<root>/<role>`` → the folder of that role's current version (read from the pointer alone).
+
+    The caller verifies the artifact (``serving.model_ref.resolve_model`` does): hashing it here too
+    would read every weight file twice.
+    """
     location = Path(reference.removeprefix(REGISTRY_PREFIX)).expanduser()
-    entry = Registry(location.parent).current(location.name)
-    if entry is None:
+    path = Registry(location.parent).current_path(location.name)
+    if path is None:
         raise ArtifactError(f"{reference}: no version of {location.name} has been promoted yet")
-    return entry.path
+    return path

@@ -26,11 +26,12 @@ import numpy as np
 
 from serving import metrics as m
 from serving.errors import CascadeError
+from serving.plotting import pyplot
 
 # counter key → (metric name without Ray's prefix, required labels)
 COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
     "requests": (m.REQUESTS, {}),
-    "escalated": (m.ESCALATIONS, {"reason": "low_confidence"}),
+    "escalated": (m.ESCALATIONS, {"reason": "escalation"}),
     "forced": (m.ESCALATIONS, {"reason": "forced"}),
     "cost": (m.COST, {}),
     "baseline": (m.COST_BASELINE, {}),
@@ -155,10 +156,7 @@ def from_metrics_endpoint(
 
 def write_report(summary: dict[str, Any], out: Path, source: str) -> tuple[Path, Path]:
     """A PNG with the four figures over time and an HTML page embedding it with the window's totals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     series, totals = summary["series"], summary["totals"]
     minutes = (series["time"] - series["time"][0]) / 60.0

@@ -7,15 +7,12 @@ unit-tested without a server, and nothing invalid is ever queued for a model.
 from __future__ import annotations
 
 import json
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.config import LimitSettings
 from serving.errors import InvalidJSON, InvalidRequest, LimitExceeded, PayloadTooLarge
-
-Route = Literal["auto", "student", "teacher"]
-Role = Literal["student", "teacher"]
+from serving.vocabulary import Role, Route
 
 
 class ClassifyRequest(BaseModel):

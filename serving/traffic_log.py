@@ -40,8 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from serving.vocabulary import LogReason
+
 SCHEMA_VERSION = 1
-Reason = Literal["escalation", "shadow", "forced", "sampled"]
 TextPolicy = Literal["text", "hash", "none"]
 
 logger = logging.getLogger("cascade.traffic_log")
@@ -51,7 +52,7 @@ logger = logging.getLogger("cascade.traffic_log")
 class TrafficRecord:
     request_id: str
     time: float
-    reason: Reason
+    reason: LogReason
     text: str
     student_label: str | None
     student_probs: Sequence[float] | None
@@ -88,7 +89,7 @@ class TrafficLogWriter:
         path: str | Path,
         labels: Sequence[str],
         *,
-        text_policy: Mapping[Reason, TextPolicy],
+        text_policy: Mapping[LogReason, TextPolicy],
         salt: str = "",
         flush_interval_s: float = 10.0,
         max_rows_per_shard: int = 10_000,

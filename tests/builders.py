@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.artifact import Role
+from serving.vocabulary import Role
 
 LABELS = ["balance", "card", "greeting"]
 TEXTS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from distill.benchmark import run_cascade_dataset, write_cascade_report
+from benchmarks.cascade import run_cascade_dataset, write_cascade_report
 from tests.builders import TinyPair
 
 

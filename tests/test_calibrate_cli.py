@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.artifact import read_manifest, resolve_model
+from serving.artifact import read_manifest
 from serving.cli import main
+from serving.model_ref import resolve_model
 from tests.builders import TinyPair
 
 
@@ -33,10 +34,11 @@ def test_calibrate_writes_the_choice_into_the_manifest(
     assert "escalation rate" in printed and "share of the oracle's savings" in printed
     report = json.loads(report_path.read_text())
     manifest = read_manifest(student_copy)
+    assert manifest.calibration is not None and manifest.calibration.reference_confidence is not None
     assert manifest.temperature == pytest.approx(report["temperature"])
-    assert manifest.calibration["threshold"] == report["threshold"]
-    assert manifest.calibration["expected"]["chosen"]["escalation_rate"] <= 0.5
-    assert sum(manifest.calibration["reference_confidence"]["shares"]) == pytest.approx(1.0, abs=1e-4)
+    assert manifest.calibration.threshold == report["calibration"]["threshold"]
+    assert manifest.calibration.expected.chosen.escalation_rate <= 0.5
+    assert sum(manifest.calibration.reference_confidence.shares) == pytest.approx(1.0, abs=1e-4)
     resolve_model(str(student_copy))  # checksums still valid after the manifest rewrite
 
 

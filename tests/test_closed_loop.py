@@ -19,16 +19,16 @@ from typing import Any
 
 import pytest
 
+from benchmarks.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
 from distill.build import BuildOptions, distill_student, finetune_teacher
 from distill.calibrate import calibrate, predict, write_calibration
-from distill.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
-from distill.redistill import RedistillSettings, run_redistill
+from distill.redistill import RedistillReport, RedistillSettings, run_redistill
 from distill.training import TrainSettings
 from router.signals import Signal
-from serving.artifact import resolve_model
-from serving.cli import follow_registry
 from serving.config import parse_config
+from serving.model_ref import resolve_model
 from serving.registry import Registry
+from serving.swap import follow_registry
 from serving.traffic_log import read_traffic_log
 from tests.builders import KEYWORDS, ambiguous_texts, build_tiny_model, keyword_texts, write_rows
 
@@ -109,7 +109,7 @@ def loop(
     """The gateway on the registry, logging what the teacher answers, and the registry watcher running."""
     from ray import serve
 
-    from serving.app import build_app
+    from serving.application import build_app
 
     registry, teacher, base_train = models
     log = tmp_path_factory.mktemp("traffic")
@@ -156,7 +156,7 @@ def loop(
         serve.delete(APP)
 
 
-def _redistill(loop: Loop, state: Path, **overrides: Any) -> dict[str, Any]:
+def _redistill(loop: Loop, state: Path, **overrides: Any) -> RedistillReport:
     settings = {
         "registry": loop.registry.root,
         "traffic_log": loop.log,
@@ -194,8 +194,8 @@ def test_drift_is_learned_from_the_teachers_answers_and_swapped_in_under_load(lo
 
     with ContinuousLoad(loop.url, drift_texts, workers=2) as load:
         report = _redistill(loop, tmp_path / "state")
-        assert report["outcome"] == "promoted", report["why"]
-        assert report["reasons"] and "new teacher labels" in report["reasons"][0]
+        assert report.outcome == "promoted", report.why
+        assert report.reasons and "new teacher labels" in report.reasons[0]
         load.wait_for("kw-student:2", deadline_s=60)
         load.wait_for_requests(20)  # some traffic on the new student before the load stops
     swap = load.summary()
@@ -213,7 +213,7 @@ def test_drift_is_learned_from_the_teachers_answers_and_swapped_in_under_load(lo
     with ContinuousLoad(loop.url, post_texts, workers=1) as load:
         worse = _redistill(loop, tmp_path / "state", force=True, shuffle_training_labels=True)
         load.wait_for_requests(20)
-    assert worse["outcome"] == "rejected", worse["why"]
+    assert worse.outcome == "rejected", worse.why
     assert [e.version for e in loop.registry.entries() if e.name == "kw-student"] == ["1", "2"]
     after = load.summary()
     assert after["failed"] == 0 and set(after["student_versions"]) == {"kw-student:2"}, after

@@ -9,8 +9,8 @@ import pytest
 
 from distill.data import read_jsonl
 from distill.demo import DEMO_DATA, demo_pair_location, ensure_demo_pair
-from serving.artifact import resolve_model
 from serving.backends import load_backend
+from serving.model_ref import resolve_model
 
 
 @pytest.mark.slow
@@ -20,7 +20,8 @@ def test_demo_pair_builds_caches_and_answers(tmp_path: Path) -> None:
     teacher, student = resolve_model(str(pair.teacher)), resolve_model(str(pair.student))
     assert teacher.labels == student.labels and student.manifest is not None
     assert student.manifest.parent == teacher.version and student.has_onnx
-    assert student.manifest.calibration["target"] == {"kind": "max_quality_loss", "value": 0.0}
+    assert student.manifest.calibration is not None
+    assert student.manifest.calibration.target.model_dump() == {"kind": "max_quality_loss", "value": 0.0}
 
     dev = read_jsonl(DEMO_DATA / "dev.jsonl")
     for ref in (teacher, student):

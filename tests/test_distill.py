@@ -13,8 +13,8 @@ from transformers import AutoModelForSequenceClassification
 from distill.build import BuildOptions, distill_student, staged_folder
 from distill.data import read_jsonl
 from distill.training import TrainSettings, distillation_loss, student_from_teacher_layers
-from serving.artifact import resolve_model
 from serving.errors import ArtifactError, DataError
+from serving.model_ref import resolve_model
 from tests.builders import LABELS, TinyPair
 
 

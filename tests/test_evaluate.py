@@ -9,8 +9,8 @@ import pytest
 from distill.build import BuildOptions, distill_student
 from distill.evaluate import evaluate_pair, format_table, macro_f1
 from distill.training import TrainSettings
-from serving.artifact import resolve_model
 from serving.backends import load_backend
+from serving.model_ref import resolve_model
 from tests.builders import LABELS, TinyPair
 
 
@@ -32,10 +32,8 @@ def test_bag_of_embeddings_student_is_servable_and_reported(tiny_pair: TinyPair,
     assert load_backend(ref, backend="torch").logits(["hello"]).shape == (1, len(LABELS))
 
     report = evaluate_pair(str(tiny_pair.teacher), str(tmp_path / "bag"), tiny_pair.data, timing_examples=4)
-    assert set(report["student"]["timing"]) == {
-        f"{b}_batch{n}" for b in ("torch", "onnx_fp32", "onnx_int8") for n in (1, 32)
-    }
-    assert set(report["teacher"]["timing"]) == {"torch_batch1", "torch_batch32"}
-    assert report["student"]["parameters"] > 0 and report["student"]["size_on_disk"]["onnx_int8_bytes"] > 0
-    assert 0.0 <= report["agreement"] <= 1.0
+    assert set(report.student.timing) == {f"{b}_batch{n}" for b in ("torch", "onnx_fp32", "onnx_int8") for n in (1, 32)}
+    assert set(report.teacher.timing) == {"torch_batch1", "torch_batch32"}
+    assert report.student.parameters > 0 and report.student.size_on_disk["onnx_int8_bytes"] > 0
+    assert 0.0 <= report.agreement <= 1.0
     assert "agreement student-teacher" in format_table(report)

@@ -19,7 +19,7 @@ APP = "cascade-test"
 def gateway(serve_port: int, tiny_pair: TinyPair) -> Iterator[tuple[str, dict[str, Any]]]:
     from ray import serve
 
-    from serving.app import build_app
+    from serving.application import build_app
 
     port = serve_port
     config = gateway_config(tiny_pair, threshold=0.0, port=port, max_batch_size=3)
@@ -52,7 +52,7 @@ def test_request_larger_than_a_batch_is_chunked_and_kept_in_order(
 def test_threshold_change_applies_live(gateway: tuple[str, dict[str, Any]]) -> None:
     from ray import serve
 
-    from serving.app import build_app
+    from serving.application import build_app
 
     url, config = gateway
     assert {r["served_by"] for r in _classify(url, {"inputs": TEXTS})["results"]} == {"student"}
@@ -74,7 +74,7 @@ def test_gateway_serves_with_the_students_calibration(
     from ray import serve
 
     from distill.calibrate import calibrate_artifacts
-    from serving.app import build_app
+    from serving.application import build_app
     from serving.artifact import read_manifest
 
     url, config = gateway
@@ -84,9 +84,12 @@ def test_gateway_serves_with_the_students_calibration(
     uncalibrated_config = {**config, "cascade": {}, "student": {**config["student"], "model": str(student)}}
     serve.run(build_app(parse_config(uncalibrated_config)), name=APP, route_prefix="/")
     cascade = httpx.get(f"{url}/v1/models").json()["cascade"]
+    assert manifest.calibration is not None
     assert cascade == {
-        "signal": manifest.calibration["signal"],
-        "threshold": manifest.calibration["threshold"],
+        "signal": manifest.calibration.signal,
+        "threshold": manifest.calibration.threshold,
         "temperature": manifest.temperature,
+        "source": "calibration",
+        "expected_escalation_rate": manifest.calibration.expected_escalation_rate,
     }
     assert manifest.temperature != 1.0

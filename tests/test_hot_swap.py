@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from serving.artifact import MANIFEST_NAME
-from serving.cli import registry_locations
 from serving.config import parse_config
 from serving.registry import Registry
+from serving.swap import registry_locations
 from tests.builders import TEXTS, TinyPair, build_tiny_model
 from tests.gateway_helpers import gateway_config
 
@@ -76,7 +76,7 @@ def swap_gateway(
 ) -> Iterator[dict[str, Any]]:
     from ray import serve
 
-    from serving.app import build_app
+    from serving.application import build_app
 
     registry.promote("student", "tiny-student", "1")
     config = gateway_config(tiny_pair, threshold=0.0, port=serve_port)
@@ -93,7 +93,7 @@ def test_promotion_and_rollback_swap_in_place_with_no_failed_request(
 ) -> None:
     from ray import serve
 
-    from serving.app import build_app
+    from serving.application import build_app
 
     config = parse_config(swap_gateway)
     url = f"http://127.0.0.1:{serve_port}"

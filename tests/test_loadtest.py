@@ -15,17 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtests.harness import (
-    ConfigurationRun,
-    LoadTestSettings,
-    Stage,
-    paired_accuracy_gap,
-    quality,
-    run_loadtest,
-    stage_stats,
-    summarise,
-)
+from benchmarks.loadtest import LoadTestSettings, run_loadtest
 from loadtests.scenarios import scenario_stages as _stages
+from loadtests.stats import ConfigurationRun, Stage, paired_accuracy_gap, quality, stage_stats, summarise
 from tests.builders import TinyPair
 from tests.conftest import free_port
 

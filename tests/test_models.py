@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from router import CascadePolicy, softmax
-from serving.artifact import MANIFEST_NAME, check_same_labels, resolve_model
+from serving.artifact import MANIFEST_NAME
 from serving.backends import OnnxBackend, TorchBackend, load_backend
 from serving.cascade import run_cascade
 from serving.errors import ArtifactError
+from serving.model_ref import check_same_labels, resolve_model
 from tests.builders import LABELS, TEXTS, TinyPair
 
 

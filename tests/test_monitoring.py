@@ -127,12 +127,12 @@ def test_gateway_metrics_account_cost_savings_and_escalations() -> None:
     # One text escalated: the teacher ran 20 ms; it cost more than teacher-only, so nothing is saved.
     metrics.record_request(
         served_by=["teacher"],
-        path="escalated",
+        path="escalation",
         duration_s=0.05,
         student_confidence=np.array([0.2]),
         usage=RequestUsage(student_seconds=0.001, teacher_seconds=0.02),
     )
-    assert made[m.ESCALATIONS].values == {(("reason", "low_confidence"),): 1}
+    assert made[m.ESCALATIONS].values == {(("reason", "escalation"),): 1}
     assert made[m.REQUESTS].values == {(("served_by", "student"),): 2, (("served_by", "teacher"),): 1}
     assert made[m.COST_SAVED].values[()] == pytest.approx(0.198)  # the loss is carried, not subtracted
     assert metrics.teacher_seconds_per_text == pytest.approx(0.9 * 0.01 + 0.1 * 0.02)
@@ -264,7 +264,7 @@ def test_report_sums_counters_across_processes_from_a_scrape() -> None:
 ray_cascade_requests_total{served_by="student",WorkerId="a"} 7.0
 ray_cascade_requests_total{served_by="teacher",WorkerId="b"} 3.0
 # TYPE ray_cascade_escalations_total counter
-ray_cascade_escalations_total{reason="low_confidence",WorkerId="a"} 2.0
+ray_cascade_escalations_total{reason="escalation",WorkerId="a"} 2.0
 ray_cascade_escalations_total{reason="forced",WorkerId="a"} 1.0
 """
     counters = parse_counters(text)

@@ -155,7 +155,7 @@ def observed(
     from ray import serve
 
     from distill.calibrate import calibrate_artifacts
-    from serving.app import build_app
+    from serving.application import build_app
 
     workdir = tmp_path_factory.mktemp("observed")
     student = shutil.copytree(tiny_pair.student, workdir / "student")

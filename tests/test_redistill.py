@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from distill.redistill import RedistillSettings, _exclusive, run_redistill
-from serving.artifact import resolve_model
+from serving.model_ref import resolve_model
 from serving.registry import Registry
 from serving.traffic_log import TrafficLogWriter, TrafficRecord
 from tests.builders import TinyPair
@@ -91,10 +91,10 @@ def test_no_trigger_means_no_training_and_nothing_promoted(
 ) -> None:
     registry, log, _ = setup
     report = run_redistill(_settings(registry, log, tmp_path), log=lambda _: None)
-    assert report["outcome"] == "not_needed"
-    assert report["new_teacher_labels"] == 400
+    assert report.outcome == "not_needed"
+    assert report.new_teacher_labels == 400
     assert registry.current("student").version == "1"  # type: ignore[union-attr]
-    assert Path(report["report_path"]).exists()
+    assert report.report_path is not None and Path(report.report_path).exists()
     assert (
         'cascade_redistill_last_outcome{outcome="not_needed"} 1' in (tmp_path / "state" / "redistill.prom").read_text()
     )
@@ -108,7 +108,7 @@ def test_a_second_run_while_one_holds_the_lock_does_nothing(
     with _exclusive(settings.state / "redistill.lock") as acquired:
         assert acquired
         report = run_redistill(settings, log=lambda _: None)
-    assert report["outcome"] == "skipped"
+    assert report.outcome == "skipped"
     assert registry.current("student").version == "1"  # type: ignore[union-attr]
 
 
@@ -117,14 +117,17 @@ def test_a_candidate_trained_on_the_teachers_labels_is_promoted_and_a_shuffled_o
 ) -> None:
     registry, log, _ = setup
     better = run_redistill(_settings(registry, log, tmp_path / "a", force=True), log=lambda _: None)
-    evaluation = better["evaluation"]
-    assert better["outcome"] == "promoted", better["why"]
-    assert evaluation["candidate"]["agreement"] > evaluation["current"]["agreement"] + 0.05  # it learned something
+    evaluation = better.evaluation
+    assert better.outcome == "promoted", better.why
+    assert evaluation is not None
+    assert evaluation.candidate.agreement > evaluation.current.agreement + 0.05  # it learned something
     current = registry.current("student")
     assert current is not None and current.version == "2"
-    assert current.manifest.calibration["signal"] in ("max_prob", "margin", "entropy")
+    assert current.manifest.calibration is not None
+    assert current.manifest.calibration.signal in ("max_prob", "margin", "entropy")
     assert current.manifest.training["redistilled_from"] == "tiny-student:1"
-    report = json.loads(Path(better["report_path"]).read_text())
+    assert better.report_path is not None
+    report = json.loads(Path(better.report_path).read_text())
     assert report["outcome"] == "promoted" and report["candidate"] == "tiny-student:2"
     # the held-back slice never reached training
     assert report["training"]["logged_texts"] + report["evaluation"]["holdout_texts"] == len(set(_texts(400, seed=1)))
@@ -134,29 +137,32 @@ def test_a_candidate_trained_on_the_teachers_labels_is_promoted_and_a_shuffled_o
     worse = run_redistill(
         _settings(registry, log, tmp_path / "b", force=True, shuffle_training_labels=True), log=lambda _: None
     )
-    assert worse["outcome"] == "rejected", worse["why"]
-    assert "agreement" in worse["why"]
+    assert worse.outcome == "rejected", worse.why
+    assert "agreement" in worse.why
     assert registry.current("student").version == "2"  # type: ignore[union-attr]
     assert [e.version for e in registry.entries() if e.name == "tiny-student"] == ["1", "2"]  # never added
 
 
 def test_the_gate_judges_agreement_first_and_cost_by_shape_then_time() -> None:
-    from distill.redistill import _gate
+    from distill.gate import StudentMeasurement, decide_promotion
 
     calibrated = {"calibration": {"temperature": 1.0, "signal": "max_prob", "threshold": 0.5}}
-    current = {"agreement": 0.90, "cpu_ms_per_text": 0.040, "parameters": 1000}
-    same_shape_noisy = {**calibrated, "agreement": 0.93, "cpu_ms_per_text": 0.060, "parameters": 1000}
-    bigger_slower = {**calibrated, "agreement": 0.95, "cpu_ms_per_text": 0.080, "parameters": 5000}
-    bigger_as_fast = {**calibrated, "agreement": 0.95, "cpu_ms_per_text": 0.041, "parameters": 5000}
-    worse = {**calibrated, "agreement": 0.85, "cpu_ms_per_text": 0.020, "parameters": 500}
-    assert _gate({"candidate": same_shape_noisy, "current": current}, 0.1)[0] == "promoted"
-    assert _gate({"candidate": bigger_slower, "current": current}, 0.1) == (
-        "rejected",
-        "costlier: 0.080 ms/text > 0.044",
-    )
-    assert _gate({"candidate": bigger_as_fast, "current": current}, 0.1)[0] == "promoted"
-    assert _gate({"candidate": worse, "current": current}, 0.1)[0] == "rejected"
-    assert _gate({"candidate": {**worse, "calibration": "failed: x"}, "current": current}, 0.1)[0] == "rejected"
+    current = StudentMeasurement(agreement=0.90, cpu_ms_per_text=0.040, parameters=1000)
+    same_shape_noisy = StudentMeasurement(**calibrated, agreement=0.93, cpu_ms_per_text=0.060, parameters=1000)
+    bigger_slower = StudentMeasurement(**calibrated, agreement=0.95, cpu_ms_per_text=0.080, parameters=5000)
+    bigger_as_fast = StudentMeasurement(**calibrated, agreement=0.95, cpu_ms_per_text=0.041, parameters=5000)
+    worse = StudentMeasurement(**calibrated, agreement=0.85, cpu_ms_per_text=0.020, parameters=500)
+    uncalibrated = worse.model_copy(update={"calibration": None, "calibration_error": "x"})
+
+    def outcome(candidate: StudentMeasurement) -> str:
+        return decide_promotion(candidate, current, cost_tolerance=0.1).outcome
+
+    assert outcome(same_shape_noisy) == "promoted"
+    decision = decide_promotion(bigger_slower, current, cost_tolerance=0.1)
+    assert (decision.outcome, decision.why) == ("rejected", "costlier: 0.080 ms/text > 0.044")
+    assert outcome(bigger_as_fast) == "promoted"
+    assert outcome(worse) == "rejected"
+    assert outcome(uncalibrated) == "rejected"
 
 
 def test_a_run_killed_while_training_promotes_nothing_and_frees_the_lock(

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.artifact import MANIFEST_NAME, resolve_model
+from serving.artifact import MANIFEST_NAME
 from serving.errors import ArtifactError
+from serving.model_ref import resolve_model
 from serving.registry import Registry
 from tests.builders import TinyPair
 

@@ -1,6 +1,6 @@
 """``cascade benchmark-loop``: the re-distillation loop on a real dataset, as an operator would run it.
 
-It lives in ``distill`` (not ``loadtests``, whose tools only speak HTTP) because it builds and
+It lives in ``benchmarks`` (not ``loadtests``, whose tools only speak HTTP) because it builds and
 registers models as well as sending traffic.
 
 Intents held out of the student's training appear in the traffic; the gateway (``cascade serve``, a
@@ -24,24 +24,23 @@ keep the drift phase's mix.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import yaml
 
-from distill.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
+from benchmarks.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
+from loadtests import free_port
+from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+from serving.process import GatewayProcess, cascade_command
 
-CPU_PRICE = 0.08925  # both roles run on this machine's CPU: price both as the CPU node (as benchmark-cascade)
+# Both roles run on this machine's CPU: price both as the CPU node (as benchmark-cascade).
+CPU_PRICE = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
 
 
 @dataclass
@@ -109,12 +108,6 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _prepare_student(s: LoopBenchmarkSettings, data: Split, log: Any) -> tuple[Path, Path]:
     """Distil the student on the known intents and calibrate it (reused when the split is the same).
 
@@ -123,7 +116,7 @@ def _prepare_student(s: LoopBenchmarkSettings, data: Split, log: Any) -> tuple[P
     from distill.build import BuildOptions, distill_student
     from distill.calibrate import calibrate, predict, write_calibration
     from distill.training import TrainSettings
-    from serving.artifact import resolve_model
+    from serving.model_ref import resolve_model
 
     student = s.work / "student"
     train = _write_jsonl(s.work / "student-train.jsonl", data.student_train)
@@ -151,44 +144,8 @@ def _prepare_student(s: LoopBenchmarkSettings, data: Split, log: Any) -> tuple[P
     return student, train
 
 
-class _Process:
-    """A child process with its output in a log file; stopped with SIGINT (then killed) on close."""
-
-    def __init__(self, command: list[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self.process = subprocess.Popen(
-            command, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def _wait_ready(url: str, gateway: _Process, deadline_s: float = 300) -> None:
-    end = time.time() + deadline_s
-    while time.time() < end:
-        if gateway.process.poll() is not None:
-            raise RuntimeError(f"the gateway exited: {gateway.log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the gateway was not ready within {deadline_s:.0f} s; log: {gateway.log_path}")
-
-
 def _redistill(s: LoopBenchmarkSettings, registry: Path, traffic: Path, base: Path, *extra: str) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        "-m",
-        "serving.cli",
+    command = cascade_command(
         "redistill",
         "--registry",
         str(registry),
@@ -209,7 +166,7 @@ def _redistill(s: LoopBenchmarkSettings, registry: Path, traffic: Path, base: Pa
         "--shadow-rate",
         str(s.shadow_rate),
         *extra,
-    ]
+    )
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"redistill failed ({done.returncode}): {done.stderr[-3000:]}")
@@ -252,13 +209,12 @@ def run_loop_benchmark(s: LoopBenchmarkSettings, log: Any = print) -> dict[str, 
     }
     config_path = s.work / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    url, metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+    url, metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"  # as GatewayProcess
     log("labelling every phase's texts with the teacher, offline")
     teacher = teacher_labels(str(s.teacher), data.pre + data.drift + data.post, max_length=64, threads=s.threads * 2)
-    gateway = _Process([sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path)], s.work / "gw.log")
     result: dict[str, Any] = {"settings": {k: str(v) for k, v in asdict(s).items()}, "held_out": data.held_out}
+    gateway = GatewayProcess(config_path, s.work / "gw.log", port=port)
     try:
-        _wait_ready(url, gateway)
         measure = {"workers": s.phase_workers, "metrics_url": metrics_url, "metrics_delay_s": 6.0}
         phases = [phase("pre-drift", url, data.pre, teacher, **measure)]  # type: ignore[arg-type]
         log(f"pre-drift: {phases[-1]}")

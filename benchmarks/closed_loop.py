@@ -70,8 +70,8 @@ def classify(
 def teacher_labels(teacher: str, texts: Sequence[str], *, max_length: int, threads: int = 1) -> dict[str, str]:
     """The teacher's answer per text, from the artifact the gateway serves (offline, nothing logged)."""
     from distill.calibrate import batched_logits
-    from serving.artifact import resolve_model
     from serving.backends import load_backend
+    from serving.model_ref import resolve_model
 
     ref = resolve_model(teacher)
     distinct = list(dict.fromkeys(texts))

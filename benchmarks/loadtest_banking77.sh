@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces docs/benchmarks/loadtest.{md,json,csv,png} on BANKING77:
-#   bash loadtests/banking77.sh            (about 25 minutes on 2 cores)
+#   bash benchmarks/loadtest_banking77.sh            (about 25 minutes on 2 cores)
 # Needs the teacher and the bag-of-embeddings student of `cascade benchmark-distill` (runs/benchmark).
 # Splits dev in halves exactly as `cascade benchmark-cascade` does (numpy permutation, seed 0),
 # calibrates a copy of the student on the first half (accuracy at most 0.3 points below the
@@ -23,9 +23,10 @@ for name, picked in halves.items():
     Path(sys.argv[2], name).write_text("".join(lines[i] + "\n" for i in picked), encoding="utf-8")
 PY
 rm -rf "$WORK/student" && cp -r "$MODELS/student-bag" "$WORK/student"
-PRICE=0.08925  # both roles run on this machine's CPU: price both as the CPU node
+# Both roles run on this machine's CPU: price both as the CPU node (the one default, router/cost.py).
+PRICE=$("$BIN/python" -c 'from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR as p; print(p)')
 "$BIN/cascade" calibrate --teacher "$MODELS/teacher" --student "$WORK/student" --data "$WORK/calibration.jsonl" \
     --max-quality-loss 0.3 --student-price $PRICE --teacher-price $PRICE --threads 1
-CASCADE_REPRODUCE="bash loadtests/banking77.sh" "$BIN/cascade" loadtest --teacher "$MODELS/teacher" --student "$WORK/student" --dataset "$WORK/traffic.jsonl" \
+CASCADE_REPRODUCE="bash benchmarks/loadtest_banking77.sh" "$BIN/cascade" loadtest --teacher "$MODELS/teacher" --student "$WORK/student" --dataset "$WORK/traffic.jsonl" \
     --colocate-student --p99-target-ms 250 --extra-p99-target-ms 500 --start-rate 8 --growth 1.25 --stage-seconds 10 --warmup-seconds 2 \
     --repeats 3 --overhead-requests 300 --output "${OUTPUT:-docs/benchmarks}" "$@"

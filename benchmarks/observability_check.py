@@ -1,6 +1,6 @@
 """A few hundred requests to a live gateway, then its metrics checked by hand against what was sent.
 
-    python -m loadtests.observability_check --requests 400 --output docs/benchmarks
+    python -m benchmarks.observability_check --requests 400 --output docs/benchmarks
 
 Starts `cascade serve` on the embedded demo pair with shadow sampling on, sends the demo dev texts
 (varied so that every request is distinct) on loopback, scrapes the gateway's metrics endpoint (Ray's
@@ -15,9 +15,7 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +27,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests import free_port
+from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+from serving.process import GatewayProcess, cascade_command
 
-CPU_DOLLARS_PER_HOUR = 0.08925  # c7i.large on-demand, us-east-1: both roles run on this CPU here
+CPU_DOLLARS_PER_HOUR = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR  # both roles run on this machine's CPU here
 # Off-topic texts the demo's six intents do not cover: the student is unsure and escalates.
 HARD = [
     "what will the weather be like on mars",
@@ -41,10 +41,6 @@ HARD = [
     "the app crashes when I open settings",
 ]
 DEV = Path(__file__).resolve().parents[1] / "distill" / "demo_data" / "dev.jsonl"
-
-
-def _cascade(*args: str) -> list[str]:
-    return [sys.executable, "-m", "serving.cli", *args]
 
 
 def _sums(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -77,7 +73,7 @@ def main() -> None:
     paths = dict(
         line.split(": ", 1)
         for line in subprocess.run(
-            _cascade("build-demo"), capture_output=True, text=True, check=True
+            cascade_command("build-demo"), capture_output=True, text=True, check=True
         ).stdout.splitlines()
     )
     port, metrics_port = free_port(), free_port()
@@ -94,25 +90,9 @@ def main() -> None:
     workdir = args.output / ".observability"
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "gateway.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    log = (workdir / "serve.log").open("wb")
-    server = subprocess.Popen(
-        _cascade("serve", "--config", str(workdir / "gateway.yaml")),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ},
-    )
-    url, metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+    server = GatewayProcess(workdir / "gateway.yaml", workdir / "serve.log", port=port)
+    url, metrics_url = server.url, f"http://127.0.0.1:{metrics_port}/metrics"
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit(f"gateway did not start; see {workdir / 'serve.log'}")
-            time.sleep(1)
         texts = [json.loads(line)["text"] for line in DEV.read_text(encoding="utf-8").splitlines() if line.strip()]
         sent: Counter[str] = Counter()
 
@@ -138,8 +118,7 @@ def main() -> None:
         time.sleep(6)  # Ray reports metrics every 2 s; shadow calls finish after their requests
         sums = _sums(httpx.get(metrics_url, timeout=10).text)
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=120)
+        server.stop()
 
     cost = {role: _get(sums, "cost_dollars_total", role=role) for role in ("student", "teacher", "shadow")}
     baseline = _get(sums, "cost_baseline_dollars_total")
@@ -150,7 +129,7 @@ def main() -> None:
         "texts": _get(sums, "requests_total"),
         "served_by_student": _get(sums, "requests_total", served_by="student"),
         "served_by_teacher": _get(sums, "requests_total", served_by="teacher"),
-        "escalated": _get(sums, "escalations_total", reason="low_confidence"),
+        "escalated": _get(sums, "escalations_total", reason="escalation"),
         "forced": _get(sums, "escalations_total", reason="forced"),
         "http_2xx": _get(sums, "http_responses_total", status_class="2xx"),
     }
@@ -158,7 +137,7 @@ def main() -> None:
     client["http_2xx"] = args.requests
     total_cost = sum(cost.values())
     result: dict[str, Any] = {
-        "command": "python -m loadtests.observability_check "
+        "command": "python -m benchmarks.observability_check "
         f"--requests {args.requests} --shadow-rate {args.shadow_rate} --threshold {args.threshold}",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "requests": args.requests,

@@ -1,7 +1,7 @@
 """Time from `cascade serve` to the first answer (cold: building the demo pair; warm: from cache), and
 the median latency of one request served by the student and by the teacher.
 
-    python -m loadtests.startup_latency --output docs/benchmarks/gateway.json
+    python -m benchmarks.startup_latency --output docs/benchmarks/gateway.json
 
 Starts `cascade serve` (the embedded demo pair) as a subprocess on loopback, twice: first with an
 empty CASCADE_HOME (cold), then with the cache it left (warm). Sequential single-text requests, so
@@ -15,9 +15,7 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +25,7 @@ from typing import Any
 import httpx
 
 from loadtests import free_port
+from serving.process import ChildProcess, cascade_command
 
 TEXTS = [
     "I lost my card",
@@ -40,23 +39,18 @@ TEXTS = [
 ]
 
 
-def _start(home: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
-    env = {**os.environ, "CASCADE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+def _start(home: Path, port: int, log: Path) -> tuple[ChildProcess, float]:
+    """``cascade serve`` on the demo pair, not waited for: the caller times its first answer."""
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--port", str(port)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    process = ChildProcess(cascade_command("serve", "--port", str(port)), log, env={"CASCADE_HOME": str(home)})
     return process, started
 
 
-def _first_answer(url: str, process: subprocess.Popen[bytes], deadline_s: float) -> float:
+def _first_answer(url: str, process: ChildProcess, deadline_s: float) -> float:
     stop_at = time.perf_counter() + deadline_s
     while time.perf_counter() < stop_at:
-        if process.poll() is not None:
-            raise RuntimeError(f"cascade serve exited with {process.returncode}")
+        if process.process.poll() is not None:
+            raise RuntimeError(f"cascade serve exited with {process.process.returncode}")
         try:
             response = httpx.post(f"{url}/v1/classify", json={"inputs": "hello"}, timeout=5)
             if response.status_code == 200:
@@ -99,8 +93,7 @@ def run_once(home: Path, requests: int, deadline_s: float) -> dict[str, Any]:
             "teacher": _latencies(url, "teacher", requests),
         }
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=120)
+        process.stop()
 
 
 def main() -> None:
@@ -114,7 +107,7 @@ def main() -> None:
         cold = run_once(home, args.requests, args.deadline)
         warm = run_once(home, args.requests, args.deadline)
     result = {
-        "command": "python -m loadtests.startup_latency " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.startup_latency " + " ".join(sys.argv[1:]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "cold": cold,
         "warm": warm,

@@ -1,0 +1,145 @@
+"""``cascade benchmark-distill``, ``benchmark-cascade``, ``benchmark-loop``, ``loadtest``: the measurements.
+
+Each imports ``benchmarks`` (and through it Locust and matplotlib, the ``bench`` extra) only when run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from serving.cli.common import add_dataset_selection, add_price_arguments, invocation
+
+
+def _benchmark_distill(args: argparse.Namespace) -> int:
+    from benchmarks.distillation import PLANS, run_benchmark
+
+    names = args.datasets_only.split(",") if args.datasets_only else list(PLANS)
+    run_benchmark(args.datasets, args.work, args.output, names, args.threads, invocation())
+    print(f"results in {args.output}/distill.md")
+    return 0
+
+
+def _benchmark_cascade(args: argparse.Namespace) -> int:
+    from benchmarks.cascade import run_cascade_dataset, write_cascade_report
+    from benchmarks.distillation import PLANS, earlier_results, merge_results
+
+    names = args.datasets_only.split(",") if args.datasets_only else list(PLANS)
+    results = earlier_results(args.output, "cascade")
+    for name in names:
+        results = merge_results(results, run_cascade_dataset(name, args.datasets, args.work, args.output, args.threads))
+        write_cascade_report(results, invocation(), args.output)
+    print(f"results in {args.output}/cascade.md")
+    return 0
+
+
+def _benchmark_loop(args: argparse.Namespace) -> int:
+    from benchmarks.loop import LoopBenchmarkSettings, run_loop_benchmark, write_loop_report
+
+    settings = LoopBenchmarkSettings(
+        dataset=args.dataset,
+        teacher=args.teacher,
+        work=args.work,
+        output=args.output,
+        held_out=args.held_out,
+        seed=args.seed,
+        shadow_rate=args.shadow_rate,
+        redistill_epochs=args.redistill_epochs,
+        redistill_lr=args.redistill_lr,
+        threads=args.threads,
+    )
+    result = run_loop_benchmark(settings)
+    _, md = write_loop_report(result, args.output, invocation())
+    print(md.read_text(encoding="utf-8"))
+    return 0
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    from benchmarks.loadtest import LoadTestSettings, run_loadtest
+
+    settings = LoadTestSettings(
+        teacher=args.teacher,
+        student=args.student,
+        dataset=args.dataset,
+        output=args.output,
+        p99_target_ms=args.p99_target_ms,
+        extra_p99_targets_ms=tuple(args.extra_p99_target_ms),
+        start_rate=args.start_rate,
+        growth=args.growth,
+        max_rate=args.max_rate,
+        stage_seconds=args.stage_seconds,
+        warmup_seconds=args.warmup_seconds,
+        repeats=args.repeats,
+        texts_per_request=args.texts_per_request,
+        rate_per_user=args.rate_per_user,
+        overhead_requests=args.overhead_requests,
+        threshold=args.threshold,
+        student_price=args.student_price,
+        teacher_price=args.teacher_price,
+        model_threads=args.model_threads,
+        colocate_student=args.colocate_student,
+        gateway_cpus=args.gateway_cpus,
+        generator_cpus=args.generator_cpus,
+    )
+    run_loadtest(settings)
+    return 0
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    distill = commands.add_parser("benchmark-distill", help="build and measure teachers and students on real datasets")
+    add_dataset_selection(distill, output_help="where distill.{md,json} go")
+    distill.set_defaults(func=_benchmark_distill)
+
+    cascade = commands.add_parser(
+        "benchmark-cascade", help="calibrate the benchmark's students and measure the cascade on held-out dev data"
+    )
+    add_dataset_selection(cascade, output_help="where cascade.{md,json} and the curves go")
+    cascade.set_defaults(func=_benchmark_cascade)
+
+    loop = commands.add_parser(
+        "benchmark-loop",
+        help="the closed loop on a dataset: held-out intents drift in, redistill learns them, the swap under load",
+    )
+    loop.add_argument("--dataset", type=Path, default=Path("../shared/datasets/banking77"))
+    loop.add_argument("--teacher", type=Path, default=Path("runs/benchmark/banking77/teacher"))
+    loop.add_argument("--work", type=Path, default=Path("runs/closed-loop/banking77"))
+    loop.add_argument("--output", type=Path, default=Path("docs/benchmarks"))
+    loop.add_argument("--held-out", type=int, default=8, help="intents held out of the student's training")
+    loop.add_argument("--seed", type=int, default=0)
+    loop.add_argument("--shadow-rate", type=float, default=0.2)
+    loop.add_argument("--redistill-epochs", type=int, default=10)
+    loop.add_argument("--redistill-lr", type=float, default=2e-3)
+    loop.add_argument("--threads", type=int, default=1)
+    loop.set_defaults(func=_benchmark_loop)
+
+    load = commands.add_parser(
+        "loadtest", help="teacher only, student only and the cascade under the same load, side by side"
+    )
+    load.add_argument("--teacher", required=True, help="teacher model folder")
+    load.add_argument("--student", required=True, help="student model folder (calibrated: its τ is used)")
+    load.add_argument("--dataset", required=True, type=Path, help="traffic JSONL ({text, label})")
+    load.add_argument("--output", type=Path, default=Path("docs/benchmarks"), help="loadtest.{json,csv,png,md} go here")
+    load.add_argument("--p99-target-ms", type=float, default=300.0)
+    load.add_argument(
+        "--extra-p99-target-ms",
+        type=float,
+        action="append",
+        default=[],
+        help="also read sustained throughput off the same run at this target (repeatable)",
+    )
+    load.add_argument("--start-rate", type=float, default=10.0, help="first offered rate, req/s")
+    load.add_argument("--growth", type=float, default=1.5, help="offered rate × this per stage")
+    load.add_argument("--max-rate", type=float, default=3000.0)
+    load.add_argument("--stage-seconds", type=float, default=15.0)
+    load.add_argument("--warmup-seconds", type=float, default=3.0, help="not counted at the start of each stage")
+    load.add_argument("--repeats", type=int, default=3)
+    load.add_argument("--texts-per-request", type=int, default=1)
+    load.add_argument("--rate-per-user", type=float, default=2.0, help="req/s per Locust user (open loop)")
+    load.add_argument("--overhead-requests", type=int, default=300, help="sequential requests per overhead run")
+    load.add_argument("--threshold", type=float, help="cascade τ (default: the student's calibrated one)")
+    add_price_arguments(load, teacher_on_cpu=True)
+    load.add_argument("--model-threads", type=int, default=1)
+    load.add_argument("--colocate-student", action="store_true", help="run the student inside the ingress")
+    load.add_argument("--gateway-cpus", help="taskset CPU list for the gateway (default: all but the last core)")
+    load.add_argument("--generator-cpus", help="taskset CPU list for Locust (default: the last core)")
+    load.set_defaults(func=_loadtest)

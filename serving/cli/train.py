@@ -1,0 +1,234 @@
+"""``cascade finetune``, ``distill``, ``calibrate``, ``evaluate``: produce models and judge them (``distill``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from serving.cli.common import add_price_arguments
+from serving.errors import CascadeError
+
+
+def _train_settings(args: argparse.Namespace) -> Any:
+    from distill.training import TrainSettings
+
+    return TrainSettings(
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        temperature=getattr(args, "temperature", 2.0),
+        alpha=getattr(args, "alpha", 0.5),
+        patience=args.patience,
+        seed=args.seed,
+    )
+
+
+def _build_options(args: argparse.Namespace, default_name: str) -> Any:
+    from distill.build import BuildOptions
+
+    return BuildOptions(
+        name=args.name or default_name,
+        version=args.version,
+        max_length=args.max_length,
+        train=_train_settings(args),
+        onnx=not args.no_onnx,
+        int8=args.int8,
+        overwrite=args.overwrite,
+        threads=args.threads,
+    )
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from distill.build import finetune_teacher
+
+    manifest = finetune_teacher(
+        args.train, args.output, _build_options(args, "teacher"), base_model=args.base_model, dev_path=args.dev
+    )
+    print(f"teacher {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from distill.build import distill_student
+
+    manifest = distill_student(
+        args.teacher,
+        args.train,
+        args.output,
+        _build_options(args, "student"),
+        shape=args.shape,
+        layers=[int(i) for i in args.layers.split(",")],
+        width=args.width,
+        dev_path=args.dev,
+        use_hard_labels=not args.soft_only,
+    )
+    print(f"student {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from distill.calibrate import calibrate_artifacts
+
+    targets = [
+        (k, v)
+        for k, v in (
+            ("max_quality_loss", args.max_quality_loss),
+            ("max_escalation", args.max_escalation),
+            ("max_cost", args.max_cost),
+        )
+        if v is not None
+    ]
+    if len(targets) != 1:
+        raise CascadeError("name exactly one target: --max-quality-loss, --max-escalation or --max-cost")
+    ((target, value),) = targets
+    report = calibrate_artifacts(
+        args.teacher,
+        args.student,
+        args.data,
+        target,  # type: ignore[arg-type]
+        value,
+        write=not args.dry_run,
+        threads=args.threads,
+        student_price=args.student_price,
+        teacher_price=args.teacher_price,
+    )
+    expected = report.expected
+    chosen = expected.chosen
+    low, high = expected.escalation_rate_95ci
+    q_low, q_high = expected.quality_95ci
+    ece = f" (ECE {report.ece_before:.4f} -> {report.ece_after:.4f})" if report.ece_before is not None else ""
+    print(f"temperature {report.temperature:.3f}{ece}")
+    print(f"signal {report.signal.value}, threshold {report.threshold:.4f} for {target} = {value}")
+    print(f"expected on live traffic ({expected.examples} dev examples, 95% intervals):")
+    print(f"  escalation rate {chosen.escalation_rate:.3f} [{low:.3f}, {high:.3f}]")
+    print(f"  {report.calibration.quality_measure} {chosen.quality:.4f} [{q_low:.4f}, {q_high:.4f}]")
+    teacher_only = expected.teacher_only
+    print(f"  teacher only: {teacher_only.quality:.4f} at ${teacher_only.dollars_per_1000:.5f} per 1,000")
+    print(f"  cost ${chosen.dollars_per_1000:.5f} per 1,000")
+    share = expected.share_of_oracle_savings
+    print(
+        f"  share of the oracle's savings {share:.3f}" if share is not None else "  share of the oracle's savings: n/a"
+    )
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    print("written to the student's manifest" if not args.dry_run else "dry run: nothing written")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from distill.evaluate import evaluate_pair, format_table
+
+    if args.curve:
+        return _write_curve(args)
+    report = evaluate_pair(
+        str(args.teacher),
+        str(args.student),
+        args.data,
+        threads=args.threads,
+        max_length=args.max_length,
+        limit=args.limit,
+    )
+    print(format_table(report))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        print(f"written to {args.output}")
+    return 0
+
+
+def _write_curve(args: argparse.Namespace) -> int:
+    from distill.calibrate import cost_model, curve, plot_curve, predict
+    from router import Signal
+    from serving.model_ref import resolve_model
+
+    teacher, student = resolve_model(args.teacher), resolve_model(args.student)
+    predictions = predict(teacher, student, args.data, threads=args.threads, max_length=args.max_length)
+    calibration = student.manifest.calibration if student.manifest is not None else None
+    result = curve(
+        predictions,
+        temperature=student.temperature,
+        signal=calibration.signal if calibration else Signal.MAX_PROB,
+        cost=cost_model(predictions, student_price=args.student_price, teacher_price=args.teacher_price),
+        chosen_threshold=calibration.threshold if calibration else None,
+    )
+    output = args.output or Path("curve.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    plot_curve(result, output.with_suffix(".png"), f"{student.version} vs {teacher.version}")
+    if "chosen" in result:
+        print(
+            f"share of the oracle's savings at the chosen threshold: {result['chosen']['share_of_oracle_savings']:.3f}"
+        )
+    print(f"written {output} and {output.with_suffix('.png')}")
+    return 0
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr: float) -> None:
+    parser.add_argument("--train", required=True, type=Path, help="training JSONL ({text, label} per line)")
+    parser.add_argument("--dev", type=Path, help="dev JSONL: early stopping and reported accuracy")
+    parser.add_argument("--output", required=True, type=Path, help="artifact folder to write")
+    parser.add_argument("--name", help="artifact name in its manifest")
+    parser.add_argument("--version", default="1", help="artifact version in its manifest (default 1)")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=64, help="tokens per text (default 64)")
+    parser.add_argument("--patience", type=int, default=2, help="epochs without dev gain before stopping")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    parser.add_argument("--int8", action="store_true", help="also write a dynamically quantised int8 ONNX copy")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    finetune = commands.add_parser("finetune", help="fine-tune a pretrained encoder into a teacher artifact")
+    finetune.add_argument("--base-model", help="local folder or hub id (default: the packaged all-MiniLM-L6-v2)")
+    _add_training_arguments(finetune, epochs=3, lr=1e-4)
+    finetune.set_defaults(func=_finetune)
+
+    distill = commands.add_parser("distill", help="distil a student artifact from a teacher artifact")
+    distill.add_argument("--teacher", required=True, type=Path, help="teacher artifact folder")
+    distill.add_argument(
+        "--shape",
+        default="teacher_layers",
+        choices=["teacher_layers", "bag_of_embeddings"],
+        help="teacher_layers: DistilBERT-style subset of the teacher's layers; bag_of_embeddings: the cheapest",
+    )
+    distill.add_argument("--layers", default="0,5", help="teacher layers the student starts from (default 0,5)")
+    distill.add_argument(
+        "--width", type=float, default=1.0, help="narrower student: hidden/heads/FFN scaled by this (default 1)"
+    )
+    distill.add_argument("--temperature", type=float, default=2.0, help="soft-target temperature T")
+    distill.add_argument("--alpha", type=float, default=0.5, help="weight of the soft loss against the hard loss")
+    distill.add_argument("--soft-only", action="store_true", help="no hard labels: teacher outputs only")
+    _add_training_arguments(distill, epochs=10, lr=2e-4)
+    distill.set_defaults(func=_distill)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy, agreement, size and CPU time of teacher and student")
+    evaluate.add_argument("--teacher", required=True, help="teacher artifact (folder or registry:<root>/teacher)")
+    evaluate.add_argument("--student", required=True, help="student artifact (folder or registry:<root>/student)")
+    evaluate.add_argument("--data", required=True, type=Path, help="labelled JSONL")
+    evaluate.add_argument("--output", type=Path, help="write the JSON report here")
+    evaluate.add_argument("--threads", type=int, default=1, help="threads per model while timing (default 1)")
+    evaluate.add_argument("--max-length", type=int, default=64)
+    evaluate.add_argument("--limit", type=int, help="evaluate on the first N rows only")
+    evaluate.add_argument("--curve", action="store_true", help="cost–quality curve against the oracle: JSON + PNG")
+    add_price_arguments(evaluate)
+    evaluate.set_defaults(func=_evaluate)
+
+    calibrate = commands.add_parser("calibrate", help="fit temperature and pick the signal and threshold for a target")
+    calibrate.add_argument("--teacher", required=True)
+    calibrate.add_argument("--student", required=True, help="its manifest receives the calibration")
+    calibrate.add_argument("--data", required=True, type=Path, help="dev JSONL (gold labels optional)")
+    calibrate.add_argument("--max-quality-loss", type=float, help="points of accuracy below the teacher, at least cost")
+    calibrate.add_argument("--max-escalation", type=float, help="share of requests sent to the teacher (0-1)")
+    calibrate.add_argument("--max-cost", type=float, help="dollars per 1,000 requests")
+    calibrate.add_argument("--threads", type=int, default=1)
+    calibrate.add_argument("--output", type=Path, help="also write the full report as JSON")
+    calibrate.add_argument("--dry-run", action="store_true", help="print, write nothing into the manifest")
+    add_price_arguments(calibrate)
+    calibrate.set_defaults(func=_calibrate)

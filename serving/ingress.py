@@ -1,0 +1,125 @@
+"""The HTTP layer: FastAPI routes and error mapping around ``serving.gateway.Gateway``, as Ray Serve's ingress.
+
+    HTTP ─▶ Ray Serve proxy ─▶ GatewayIngress (this module: routes, body reading, error shape)
+                                  └─ Gateway (serving.gateway: validate, cascade, metrics, log, shadow)
+                                       ├─handle─▶ ModelReplica "student" (serving.replica)
+                                       └─handle─▶ ModelReplica "teacher"
+
+Errors map to the one body shape here, through ``serving.errors.error_response``.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI must see the real ``Request`` annotations
+# of the ingress methods, which Ray Serve's class-based ingress wraps.
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving import constants as c
+from serving.errors import CascadeError, Overloaded, error_response
+from serving.gateway import Gateway
+from serving.schemas import ClassifyRequest, ClassifyResponse, ErrorResponse
+
+logger = logging.getLogger("cascade.http")
+
+app = FastAPI(
+    title="cascade-gateway",
+    summary="A distilled student answers; an uncertain one escalates to the teacher.",
+    version="0.1.0",
+)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_exception(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return JSONResponse({"error": {"type": kind, "message": str(error.detail)}}, error.status_code)
+
+
+async def _one_error_shape(request: Request, error: Exception) -> JSONResponse:
+    """Turn any failure into the one error body (``serving.errors.error_response``), logged with the request id.
+
+    An exception handler, not an HTTP middleware: Starlette's BaseHTTPMiddleware costs every request
+    an extra task and stream wrapper. The request id is Ray Serve's: its proxy takes ``X-Request-Id``
+    from the request or makes one, hands it to us in the request headers, and returns it.
+    """
+    status, body = error_response(error)
+    if status >= 500:
+        logger.error("request %s failed", request.headers.get("x-request-id", "-"), exc_info=error)
+    response = JSONResponse(body, status)
+    if isinstance(error, Overloaded):
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+# Ours (4xx and 503) through Starlette's exception middleware; anything else through its server-error
+# middleware, which answers with the same body (and re-raises, so the failure is also logged by Serve).
+app.add_exception_handler(CascadeError, _one_error_shape)
+app.add_exception_handler(Exception, _one_error_shape)
+
+
+_CLASSIFY_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}},
+    }
+}
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 413, 422, 503)
+}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read no further than one chunk past ``limit`` (validation then reports the size)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            break
+    return bytes(body)
+
+
+@serve.deployment
+@serve.ingress(app)
+class GatewayIngress(Gateway):
+    """``Gateway`` behind HTTP routes: the application's ingress deployment."""
+
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=_ERROR_RESPONSES,
+        openapi_extra=_CLASSIFY_OPENAPI,
+    )
+    async def classify(self, request: Request) -> dict[str, Any]:
+        """Classify one text or a list of texts; the cascade decides who answers unless ``route`` says."""
+        try:
+            self.check_declared_size(request.headers.get("content-length"))
+            body = await _read_body(request, self.max_body_bytes)
+            answer = await self.answer(body, request.headers.get("x-request-id", ""))
+        except Exception as error:
+            self.record_response(error_response(error)[0])
+            raise  # the exception handlers turn it into the error body
+        self.record_response(200)
+        return answer
+
+    @app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        """The models behind each role, and the cascade rule in force."""
+        return self.describe()
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """The ingress process is alive (it says nothing about the models)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Both roles are loaded and answering."""
+        roles = await self.readiness(c.READINESS_PROBE_TIMEOUT_S)
+        ready = all(state == "ready" for state in roles.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "roles": roles}, 200 if ready else 503)
+
+
+__all__ = ["GatewayIngress", "app"]

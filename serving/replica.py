@@ -1,0 +1,165 @@
+"""One role's model in a process: load, warm up, batch texts, time every batch, swap in place.
+
+``ModelRunner`` is the model; ``ModelReplica`` is a role's own Ray Serve deployment around one
+(the default placement). A student with ``colocate: true`` runs a ``ModelRunner`` inside the ingress
+instead (``serving.gateway``). Which model folder a replica runs is its ``user_config``, so that a
+promotion reaches it through ``reconfigure`` with no restart: the swap's mechanism lives here, the
+watcher that triggers it in ``serving.swap``.
+"""
+
+# No ``from __future__ import annotations``: Ray Serve's HTTP path of ``ModelReplica.__call__``
+# (the direct-student endpoint) hands FastAPI the real ``Request`` annotation.
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from router import CascadePolicy, Signal
+from serving import constants as c
+from serving.backends import load_backend
+from serving.config import ModelSettings
+from serving.metrics import ReplicaMetrics
+from serving.model_ref import resolve_model
+from serving.vocabulary import Role
+
+logger = logging.getLogger("cascade.replica")
+WARM_UP_TEXTS = 8
+
+
+def _count_texts(calls: list[list[str]]) -> int:
+    return sum(len(texts) for texts in calls)
+
+
+class ModelRunner:
+    """One role's model in this process: load, warm up, batch calls by text count, time every batch.
+
+    Used by ``ModelReplica`` (a role's own deployment) and, for a student with ``colocate: true``, by
+    the ingress itself. ``@serve.batch`` works on any async method, not only a deployment's.
+    """
+
+    def __init__(self, role: Role, settings: ModelSettings, location: str | None = None) -> None:
+        self.role = role
+        self.settings = settings
+        self.ref = resolve_model(location or settings.model)
+        self.backend = load_backend(
+            self.ref,
+            backend=settings.backend,
+            device=settings.device,
+            threads=settings.threads,
+            max_length=settings.max_length,
+        )
+        # @serve.batch adds these setters to the method; its static arguments are only defaults.
+        self._batched.set_max_batch_size(settings.batching.max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        # Warm up, so that "constructed" means "has answered once" (readiness relies on it); the timed
+        # second pass seeds the ingress's estimate of what a text costs on this role.
+        self.backend.logits(["warm up"] * WARM_UP_TEXTS)
+        started = time.perf_counter()
+        self.backend.logits(["warm up"] * WARM_UP_TEXTS)
+        self.seconds_per_text = (time.perf_counter() - started) / WARM_UP_TEXTS
+        self._metrics = ReplicaMetrics(role, self.ref.version)
+
+    async def logits(self, texts: list[str]) -> tuple[np.ndarray, float]:
+        """Logits for ``texts`` and the compute seconds they used (their share of the batch)."""
+        self._metrics.queued(len(texts))
+        try:
+            return await self._batched(texts)
+        finally:
+            self._metrics.queued(-len(texts))
+
+    @serve.batch(max_batch_size=c.DEFAULT_MAX_BATCH_SIZE, batch_size_fn=_count_texts)
+    async def _batched(self, calls: list[list[str]]) -> list[tuple[np.ndarray, float]]:
+        flat = [text for texts in calls for text in texts]
+        self._metrics.batch(len(flat))
+        started = time.perf_counter()
+        # Off the event loop, so the process keeps accepting calls for the next batch meanwhile.
+        logits = await asyncio.to_thread(self.backend.logits, flat)
+        seconds_per_text = (time.perf_counter() - started) / len(flat)
+        bounds = np.cumsum([len(texts) for texts in calls])[:-1]
+        return [(part, seconds_per_text * len(part)) for part in np.split(logits, bounds)]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "model": self.ref.location,
+            "version": self.ref.version,
+            "labels": list(self.ref.labels),
+            "backend": self.backend.name,
+            "device": self.backend.device,
+            "temperature": self.ref.temperature,
+            "threads": self.settings.threads,
+            "max_batch_size": self.settings.batching.max_batch_size,
+            "seconds_per_text": self.seconds_per_text,
+        }
+
+
+async def swap_runner(
+    current: ModelRunner | None, role: Role, settings: ModelSettings, location: str | None
+) -> ModelRunner:
+    """The runner for ``location``: the current one if it already runs it, else a new one, loaded off-loop."""
+    if current is not None and location in (None, current.ref.location):
+        return current
+    runner = await asyncio.to_thread(ModelRunner, role, settings, location)
+    if current is not None:
+        logger.warning("%s: swapped %s for %s", role, current.ref.version, runner.ref.version)
+    return runner
+
+
+@serve.deployment
+class ModelReplica:
+    """One role's model as its own deployment (the default placement of both roles).
+
+    Which model folder it runs is its ``user_config`` (``{"model": <resolved folder>}``), so that a
+    promotion or rollback reaches it through ``reconfigure``: the new model is loaded and warmed up
+    beside the old one, then swapped in; calls already in a batch finish on the old one. No replica
+    restarts and no request fails.
+    """
+
+    def __init__(self, role: Role, settings: dict[str, Any]) -> None:
+        self._role = role
+        self._settings = ModelSettings.model_validate(settings)
+        self._runner: ModelRunner | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self._runner = await swap_runner(self._runner, self._role, self._settings, user_config.get("model"))
+
+    @property
+    def runner(self) -> ModelRunner:
+        if self._runner is None:  # Ray Serve calls reconfigure before the first request
+            raise RuntimeError("the replica has no model: its user_config never arrived")
+        return self._runner
+
+    async def logits(self, texts: list[str]) -> tuple[np.ndarray, float]:
+        return await self.runner.logits(texts)
+
+    def info(self) -> dict[str, Any]:
+        return self.runner.info()
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        """The replica as its own HTTP endpoint (``cascade serve --direct-student``), for load tests only.
+
+        Exists to measure what the router adds: the same deployment class, batching and model, reached
+        straight from Ray Serve's proxy. Answers ``{"results": [{"label", "confidence"}]}`` (max
+        probability after temperature); no limits, no cascade, no metrics beyond the replica's own.
+        """
+        body = await request.json()
+        texts = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
+        logits, _ = await self.runner.logits(texts)
+        verdict = CascadePolicy(0.0, Signal.MAX_PROB, self.runner.ref.temperature).judge(logits)
+        labels = self.runner.ref.labels
+        return JSONResponse(
+            {
+                "results": [
+                    {"label": labels[int(np.argmax(p))], "confidence": float(c)}
+                    for p, c in zip(verdict.probabilities, verdict.confidence, strict=True)
+                ]
+            }
+        )
+
+
+__all__ = ["ModelReplica", "ModelRunner", "swap_runner"]

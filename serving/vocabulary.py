@@ -1,0 +1,48 @@
+"""The shared vocabulary: model roles, request routes, and why the teacher ran on a text.
+
+One definition of each word, imported by the HTTP schemas, the cascade, the metrics, the traffic log
+and the registry, so that a response, a metric label and a log row say the same thing the same way.
+
+    route (what the client asked)     auto | student | teacher
+    served_by (who answered a text)   student | teacher
+    reason (why the teacher ran)      escalation   the student was unsure (route auto)
+                                      forced       the client asked for the teacher (route teacher)
+                                      shadow       a sampled student answer, checked off the latency path
+    log reason                        the three above, or sampled (logged; the teacher did not run)
+    path (an HTTP request's latency)  student | escalation | forced
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Role = Literal["student", "teacher"]
+ROLES: tuple[Role, ...] = ("student", "teacher")
+
+Route = Literal["auto", "student", "teacher"]
+ROUTES: tuple[Route, ...] = ("auto", "student", "teacher")
+
+TeacherReason = Literal["escalation", "forced", "shadow"]
+LogReason = Literal["escalation", "forced", "shadow", "sampled"]
+LOG_REASONS: tuple[LogReason, ...] = ("escalation", "forced", "shadow", "sampled")
+
+RequestPath = Literal["student", "escalation", "forced"]
+REQUEST_PATHS: tuple[RequestPath, ...] = ("student", "escalation", "forced")
+
+ShadowOutcome = Literal["agree", "disagree", "dropped", "failed"]
+SHADOW_OUTCOMES: tuple[ShadowOutcome, ...] = ("agree", "disagree", "dropped", "failed")
+
+REGISTRY_PREFIX = "registry:"
+"""A config's ``model: registry:<root>/<role>`` names the version currently promoted for that role."""
+
+
+def request_path(route: Route, escalated_any: bool) -> RequestPath:
+    """The latency path of one HTTP request: forced to the teacher, escalated in part, or student only."""
+    if route == "teacher":
+        return "forced"
+    return "escalation" if escalated_any else "student"
+
+
+def teacher_reason(route: Route) -> TeacherReason:
+    """Why the teacher answered a text of a request on ``route`` (never ``shadow``: that is off the path)."""
+    return "forced" if route == "teacher" else "escalation"
