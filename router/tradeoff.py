@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike
 
 from router.cost import CostModel
 
-Target = Literal["max_quality_loss", "max_escalation", "max_cost"]
+Target = Literal["max_quality_loss", "max_escalation", "max_cost", "escalation_share"]
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,30 @@ class Outcomes:
 
 def candidate_thresholds(confidence: np.ndarray) -> list[float]:
     """0 (never escalate), each distinct confidence (escalate everything strictly below it), and above 1."""
-    return [0.0, *sorted(set(np.round(confidence, 6).tolist())), math.nextafter(1.0, 2.0)]
+    # Exact values: a rounded one can land above its own confidence and escalate that text too.
+    return [0.0, *np.unique(confidence).tolist(), math.nextafter(1.0, 2.0)]
 
 
 def sweep(outcomes: Outcomes, cost: CostModel) -> list[Point]:
-    return [outcomes.at(t, cost) for t in candidate_thresholds(outcomes.confidence)]
+    """``outcomes.at(t)`` for every candidate threshold, in O(n log n): sort once, then cumulative sums.
+
+    With the confidences sorted, "escalate when confidence < t" escalates a prefix of length
+    ``k = searchsorted(t)``; the cascade is right on a text when the teacher is (inside the prefix)
+    or the student is (outside), so each point's quality is two prefix sums.
+    """
+    order = np.argsort(outcomes.confidence, kind="stable")
+    confidence = outcomes.confidence[order]
+    teacher_right = np.concatenate([[0], np.cumsum(outcomes.teacher_correct[order])])
+    student_right = np.concatenate([[0], np.cumsum(outcomes.student_correct[order])])
+    thresholds = np.asarray(candidate_thresholds(outcomes.confidence))
+    escalated = np.searchsorted(confidence, thresholds, side="left")
+    n = outcomes.size
+    quality = (teacher_right[escalated] + student_right[-1] - student_right[escalated]) / n
+    rates = escalated / n
+    return [
+        Point(float(t), float(rate), float(q), cost.per_thousand(cost.cascade_dollars(float(rate))))
+        for t, rate, q in zip(thresholds, rates, quality, strict=True)
+    ]
 
 
 def oracle(outcomes: Outcomes, cost: CostModel) -> Point:
@@ -101,7 +120,11 @@ def choose_threshold(outcomes: Outcomes, cost: CostModel, target: Target, value:
 
     - ``max_quality_loss``: quality at most ``value`` points (percent) below the teacher's, lowest cost;
     - ``max_escalation``: escalation rate at most ``value`` (0–1), best quality;
-    - ``max_cost``: at most ``value`` dollars per 1,000 requests, best quality.
+    - ``max_cost``: at most ``value`` dollars per 1,000 requests, best quality;
+    - ``escalation_share``: escalate the least confident share ``value`` (0–1) of requests, as near
+      as the dev set's distinct confidences allow from below (RouteLLM's quantile calibration). Unlike
+      ``max_escalation`` it spends that share even where the dev set shows no quality to gain, which
+      is what a small or easy dev set needs to still send the unusual text to the teacher.
     Ties go to the cheaper point. Raises ValueError when no threshold meets the target.
     """
     points = sweep(outcomes, cost)
@@ -115,8 +138,13 @@ def choose_threshold(outcomes: Outcomes, cost: CostModel, target: Target, value:
     elif target == "max_cost":
         feasible = [p for p in points if p.dollars_per_1000 <= value + 1e-12]
         best = max(feasible, key=lambda p: (p.quality, -p.dollars_per_1000), default=None)
+    elif target == "escalation_share":
+        feasible = [p for p in points if p.escalation_rate <= value + 1e-12]
+        best = max(feasible, key=lambda p: (p.escalation_rate, p.quality), default=None)
     else:
-        raise ValueError(f"target must be max_quality_loss, max_escalation or max_cost, got {target!r}")
+        raise ValueError(
+            f"target must be max_quality_loss, max_escalation, max_cost or escalation_share, got {target!r}"
+        )
     if best is None:
         raise ValueError(f"no threshold meets {target} = {value} on this dev set")
     return best

@@ -71,7 +71,7 @@ class Expectation(_Record):
 
 
 class CalibrationTarget(_Record):
-    kind: Literal["max_quality_loss", "max_escalation", "max_cost"]
+    kind: Literal["max_quality_loss", "max_escalation", "max_cost", "escalation_share"]
     value: float
 
 

@@ -11,10 +11,13 @@ Errors map to the one body shape here, through ``serving.errors.error_response``
 # No ``from __future__ import annotations`` here: FastAPI must see the real ``Request`` annotations
 # of the ingress methods, which Ray Serve's class-based ingress wraps.
 import logging
+from pathlib import Path
 from typing import Any
 
+import swagger_ui_bundle
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,7 +32,31 @@ app = FastAPI(
     title="cascade-gateway",
     summary="A distilled student answers; an uncertain one escalates to the teacher.",
     version="0.1.0",
+    docs_url=None,  # served below from the swagger-ui-bundle package: FastAPI's default loads a CDN
+    redoc_url=None,
 )
+
+# Swagger UI from a package, not a CDN, so /docs works on a machine without internet access.
+_SWAGGER_FILES = Path(swagger_ui_bundle.swagger_ui_path)
+_SWAGGER_ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"}
+
+
+@app.get("/docs", include_in_schema=False)
+async def _docs() -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="cascade-gateway: API",
+        swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+        swagger_css_url="/docs/assets/swagger-ui.css",
+        swagger_favicon_url="/docs/assets/favicon-32x32.png",
+    )
+
+
+@app.get("/docs/assets/{name}", include_in_schema=False)
+async def _docs_asset(name: str) -> FileResponse:
+    if name not in _SWAGGER_ASSETS:
+        raise StarletteHTTPException(404, f"no documentation asset {name!r}")
+    return FileResponse(_SWAGGER_FILES / name)
 
 
 @app.exception_handler(StarletteHTTPException)

@@ -2,12 +2,15 @@
 
 Two sources, one computation. Both yield samples of the same summed counters at a series of times:
 
-- Prometheus (``--prometheus URL --window 1h``): ``query_range`` of ``sum(counter)`` at each step;
+- Prometheus (``--prometheus URL --window 1h``): ``query_range`` of every series of each counter;
 - the gateway's own metrics (``--metrics-url URL --duration 60``): Ray's metrics agent, polled
   every few seconds for the duration.
 
-Each interval's figures are counter deltas (a drop means a restart: the new value is the delta), so
-the report is exact for what happened between the first and last sample. Writes a PNG and an HTML
+Each interval's figures are counter deltas taken **per series** (one series per Ray process), then
+summed, as PromQL's ``increase`` does: a series that went down restarted from zero (its new value is
+its delta), and a series that appears mid-window (a new replica) counted from zero. Summing first
+would turn one replica's restart into a drop of the whole total. So the report is exact for what
+happened between the first and last sample. Writes a PNG and an HTML
 page that embeds it, with the window's totals.
 """
 
@@ -43,15 +46,22 @@ COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
 
 @dataclass(frozen=True)
 class Samples:
-    """Summed counter values at increasing times (seconds since the epoch)."""
+    """Counter values at increasing times (seconds since the epoch).
+
+    ``values[key]`` is ``[series, time]`` (a 1-d array is one series), NaN where a series did not
+    exist at that time.
+    """
 
     times: np.ndarray
     values: dict[str, np.ndarray]
 
 
-def _deltas(values: np.ndarray) -> np.ndarray:
-    steps = np.diff(values)
-    return np.where(steps < 0, values[1:], steps)  # a counter that went down restarted from zero
+def interval_deltas(values: np.ndarray) -> np.ndarray:
+    """Per-interval increase of a counter, summed over its series, each series' resets handled on its own."""
+    grid = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    before, after = grid[:, :-1], grid[:, 1:]
+    steps = np.where(np.isnan(before) | (after < before), after, after - before)  # new or restarted: from zero
+    return np.asarray(np.nansum(steps, axis=0), dtype=np.float64)  # a series gone (NaN after) adds nothing
 
 
 def _ratio(numerator: np.ndarray | float, denominator: np.ndarray | float) -> Any:
@@ -63,7 +73,7 @@ def summarise(samples: Samples) -> dict[str, Any]:
     """Per-interval series and window totals of the report's four figures."""
     if len(samples.times) < 2:
         raise CascadeError("a report needs at least two samples in the window")
-    d = {key: _deltas(values) for key, values in samples.values.items()}
+    d = {key: interval_deltas(values) for key, values in samples.values.items()}
     judged = d["requests"] - d["forced"]
     series = {
         "time": samples.times[1:],
@@ -97,39 +107,49 @@ def _selector(key: str) -> str:
 
 
 def from_prometheus(url: str, window_s: float, step_s: float, end: float | None = None) -> Samples:
-    """Sample each summed counter from Prometheus's ``query_range`` API over the window."""
+    """Sample every series of each counter from Prometheus's ``query_range`` API over the window."""
     end = float(int(end or time.time()))  # whole seconds: Prometheus answers at start + k·step, in ms
     start = end - window_s
     times = np.arange(start, end + step_s / 2, step_s)
     values: dict[str, np.ndarray] = {}
     with httpx.Client(base_url=url, timeout=30) as client:
         for key in COUNTERS:
-            query = f"sum({_selector(key)})"
+            query = _selector(key)
             response = client.get(
                 "/api/v1/query_range", params={"query": query, "start": start, "end": end, "step": step_s}
             )
             if response.status_code != 200:
                 raise CascadeError(f"Prometheus answered {response.status_code} to {query}: {response.text[:200]}")
-            result = response.json()["data"]["result"]
-            by_time = {float(t): float(v) for t, v in result[0]["values"]} if result else {}
-            values[key] = np.array([by_time.get(float(t), np.nan) for t in times])
-    known = ~np.isnan(values["requests"])
+            rows = []
+            for series in response.json()["data"]["result"]:
+                by_time = {float(t): float(v) for t, v in series["values"]}
+                rows.append([by_time.get(float(t), np.nan) for t in times])
+            values[key] = np.array(rows) if rows else np.full((1, len(times)), np.nan)
+    known = ~np.all(np.isnan(values["requests"]), axis=0)
     if known.sum() < 2:
         raise CascadeError(f"Prometheus at {url} has no cascade metrics in the last {window_s:.0f} s")
-    return Samples(times[known], {key: np.nan_to_num(v[known]) for key, v in values.items()})
+    return Samples(times[known], {key: v[:, known] for key, v in values.items()})
 
 
-def parse_counters(text: str) -> dict[str, float]:
-    """Sum each report counter over every series in one scrape of Prometheus text format."""
+SeriesKey = tuple[tuple[str, str], ...]
+
+
+def parse_series(text: str) -> dict[str, dict[SeriesKey, float]]:
+    """Each report counter's series (by their full label set) in one scrape of Prometheus text format."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    totals = dict.fromkeys(COUNTERS, 0.0)
+    found: dict[str, dict[SeriesKey, float]] = {key: {} for key in COUNTERS}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             for key, (name, labels) in COUNTERS.items():
                 if sample.name == m.RAY_PREFIX + name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    totals[key] += sample.value
-    return totals
+                    found[key][tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def parse_counters(text: str) -> dict[str, float]:
+    """Sum each report counter over every series in one scrape of Prometheus text format."""
+    return {key: float(sum(series.values())) for key, series in parse_series(text).items()}
 
 
 def from_metrics_endpoint(
@@ -137,7 +157,7 @@ def from_metrics_endpoint(
 ) -> Samples:
     """Poll the gateway's metrics endpoint (Ray's metrics agent) for ``duration_s``."""
     times: list[float] = []
-    rows: list[dict[str, float]] = []
+    scrapes: list[dict[str, dict[SeriesKey, float]]] = []
     deadline = time.time() + duration_s
     with httpx.Client(timeout=30) as client:
         while True:
@@ -147,11 +167,15 @@ def from_metrics_endpoint(
             except httpx.HTTPError as error:
                 raise CascadeError(f"cannot read metrics from {url}: {error}") from error
             times.append(time.time())
-            rows.append(parse_counters(response.text))
+            scrapes.append(parse_series(response.text))
             if times[-1] >= deadline:
                 break
             sleep(min(every_s, max(0.0, deadline - time.time())))
-    return Samples(np.array(times), {key: np.array([row[key] for row in rows]) for key in COUNTERS})
+    values = {}
+    for key in COUNTERS:
+        names = sorted({series for scrape in scrapes for series in scrape[key]}) or [()]
+        values[key] = np.array([[scrape[key].get(name, np.nan) for scrape in scrapes] for name in names])
+    return Samples(np.array(times), values)
 
 
 def write_report(summary: dict[str, Any], out: Path, source: str) -> tuple[Path, Path]:

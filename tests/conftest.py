@@ -56,3 +56,10 @@ def serve_port(ray_session: int) -> int:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return port
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the session's Ray is slow by definition, so `make test-fast` never starts Ray."""
+    for item in items:
+        if {"ray_session", "serve_port"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -94,6 +94,16 @@ def test_thresholds_for_each_kind_of_target() -> None:
         choose_threshold(OUTCOMES, COST, "max_cost", 0.0)
 
 
+def test_an_escalation_share_is_spent_even_where_the_dev_set_shows_nothing_to_gain() -> None:
+    """A student as good as the teacher on dev: max_escalation keeps τ at 0, escalation_share does not."""
+    confidence = np.linspace(0.5, 0.95, 20)
+    tied = Outcomes.from_arrays(confidence, np.ones(20, bool), np.ones(20, bool))
+    assert choose_threshold(tied, COST, "max_escalation", 0.15).escalation_rate == 0.0
+    share = choose_threshold(tied, COST, "escalation_share", 0.15)
+    assert share.escalation_rate == pytest.approx(0.15)  # the three least confident of twenty
+    assert share.threshold == pytest.approx(confidence[3], abs=1e-6)
+
+
 def test_oracle_random_and_share_of_savings() -> None:
     best = oracle(OUTCOMES, COST)
     assert best.escalation_rate == pytest.approx(0.3) and best.quality == 1.0
@@ -109,3 +119,18 @@ def test_wilson_interval_known_value() -> None:
     low, high = wilson_interval(50, 100)
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
     assert math.isclose(sum(wilson_interval(0, 10)), wilson_interval(0, 10)[1])
+
+
+@pytest.mark.parametrize("rows", [50, 100_000])
+def test_the_sweep_equals_the_point_by_point_definition(rows: int) -> None:
+    """Sorted prefix sums give exactly what escalating ``confidence < t`` text by text gives, at 100k rows too."""
+    rng = np.random.default_rng(rows)
+    confidence = rng.random(rows).round(3)  # ties, as real confidences have
+    student, teacher = rng.random(rows) < confidence, rng.random(rows) < 0.9
+    outcomes = Outcomes.from_arrays(confidence, student, teacher)
+    cost = CostModel(0.001, 0.01)
+    points = sweep(outcomes, cost)
+    assert len(points) == len(np.unique(confidence)) + 2
+    for point in [points[0], points[-1], *(points[int(i)] for i in rng.integers(0, len(points), size=20))]:
+        assert point == outcomes.at(point.threshold, cost)
+    assert points[0].escalation_rate == 0.0 and points[-1].escalation_rate == 1.0

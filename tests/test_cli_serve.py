@@ -21,6 +21,8 @@ from tests.builders import TEXTS, TinyPair
 from tests.conftest import free_port
 from tests.gateway_helpers import BAD_REQUESTS, gateway_config, write_config
 
+pytestmark = pytest.mark.slow  # `cascade serve` processes
+
 # About 25 s on an idle 2-core machine; generous, because a busy CI machine can be several times slower.
 STARTUP_DEADLINE_S = 420.0
 
@@ -158,7 +160,11 @@ def test_service_endpoints(server: Server) -> None:
     models = httpx.get(f"{server.url}/v1/models").json()
     assert models["roles"]["student"]["backend"] == "onnx" and models["roles"]["teacher"]["backend"] == "torch"
     assert models["cascade"]["threshold"] == server.threshold
-    assert httpx.get(f"{server.url}/docs").status_code == 200
+    docs = httpx.get(f"{server.url}/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # /docs works offline
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        served = httpx.get(f"{server.url}/docs/assets/{asset}")
+        assert served.status_code == 200 and len(served.content) > 10_000
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert "/v1/classify" in schema["paths"]
     missing = httpx.get(f"{server.url}/v2/nothing")

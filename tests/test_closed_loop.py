@@ -32,6 +32,8 @@ from serving.swap import follow_registry
 from serving.traffic_log import read_traffic_log
 from tests.builders import KEYWORDS, ambiguous_texts, build_tiny_model, keyword_texts, write_rows
 
+pytestmark = pytest.mark.slow  # the whole loop: Ray Serve, training, a swap under load
+
 APP = "cascade-loop"
 KNOWN = ["balance", "card"]
 MAX_LENGTH = 16

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distill.build import BuildOptions, distill_student
@@ -35,5 +37,12 @@ def test_bag_of_embeddings_student_is_servable_and_reported(tiny_pair: TinyPair,
     assert set(report.student.timing) == {f"{b}_batch{n}" for b in ("torch", "onnx_fp32", "onnx_int8") for n in (1, 32)}
     assert set(report.teacher.timing) == {"torch_batch1", "torch_batch32"}
     assert report.student.parameters > 0 and report.student.size_on_disk["onnx_int8_bytes"] > 0
-    assert 0.0 <= report.agreement <= 1.0
+    # Agreement and accuracy, recomputed here from the two models' own answers on the same rows.
+    texts = [json.loads(line)["text"] for line in tiny_pair.data.read_text().splitlines() if line.strip()]
+    gold = [LABELS.index(json.loads(line)["label"]) for line in tiny_pair.data.read_text().splitlines() if line.strip()]
+    teacher = load_backend(resolve_model(str(tiny_pair.teacher))).logits(texts).argmax(axis=1)
+    student = load_backend(resolve_model(str(tmp_path / "bag"))).logits(texts).argmax(axis=1)
+    assert report.agreement == pytest.approx(float(np.mean(teacher == student)))
+    assert report.student.accuracy == pytest.approx(float(np.mean(student == np.asarray(gold))))
+    assert report.data.rows == len(texts)
     assert "agreement student-teacher" in format_table(report)

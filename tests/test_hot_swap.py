@@ -18,6 +18,8 @@ from serving.swap import registry_locations
 from tests.builders import TEXTS, TinyPair, build_tiny_model
 from tests.gateway_helpers import gateway_config
 
+pytestmark = pytest.mark.slow  # Ray Serve under load
+
 APP = "cascade-swap"
 
 

@@ -120,6 +120,7 @@ def noop_server() -> Iterator[str]:
         process.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_drift_scenario_switches_the_mix_halfway(noop_server: str, tmp_path: Path) -> None:
     data = tmp_path / "mix.jsonl"
     data.write_text("".join(json.dumps({"text": f"t{i}", "label": "ab"[i % 2]}) + "\n" for i in range(20)))
@@ -162,6 +163,7 @@ def test_drift_scenario_switches_the_mix_halfway(noop_server: str, tmp_path: Pat
     assert {g for r in records for g, m in zip(r["gold"], r["mix"], strict=True) if m == "after"} == {"b"}
 
 
+@pytest.mark.slow
 def test_cascade_loadtest_smoke_run_writes_the_report(tiny_pair: TinyPair, tmp_path: Path) -> None:
     data = tmp_path / "traffic.jsonl"
     data.write_text(tiny_pair.data.read_text() * 5)

@@ -17,7 +17,7 @@ from router.drift import RollingHistogram, population_stability_index
 from serving import metrics as m
 from serving.metrics import GatewayMetrics, MetricSpec, ReplicaMetrics, RequestUsage
 from serving.monitoring import alert_rules, generated_files, metrics_named, panel_queries, recording_rules
-from serving.report import Samples, parse_counters, summarise
+from serving.report import COUNTERS, Samples, interval_deltas, parse_counters, summarise
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PROMTOOL = shutil.which("promtool")
@@ -257,6 +257,21 @@ def test_report_figures_from_counter_samples_survive_a_restart() -> None:
     assert totals["escalation_rate"] == pytest.approx(35 / 250)
     assert totals["agreement"] == pytest.approx(22 / 25)
     assert summary["series"]["escalation_rate"].tolist() == pytest.approx([0.1, 0.2, 0.1])
+
+
+def test_report_deltas_are_per_series_so_one_replica_restart_is_not_a_drop_of_the_total() -> None:
+    """Two replicas, one restarts; a third appears mid-window. Summing first would count 310 for the last step."""
+    requests = np.array(
+        [
+            [100.0, 150.0, 10.0],  # replica a: +50, then restarted: +10
+            [200.0, 260.0, 300.0],  # replica b: +60, +40
+            [np.nan, np.nan, 5.0],  # replica c, new in the last interval: +5
+        ]
+    )
+    assert interval_deltas(requests).tolist() == [110.0, 55.0]
+    zeros = np.zeros((1, 3))
+    values: dict[str, Any] = dict.fromkeys(COUNTERS, zeros) | {"requests": requests}
+    assert summarise(Samples(np.array([0.0, 10.0, 20.0]), values))["totals"]["requests"] == 165.0
 
 
 def test_report_sums_counters_across_processes_from_a_scrape() -> None:

@@ -112,6 +112,7 @@ def test_a_second_run_while_one_holds_the_lock_does_nothing(
     assert registry.current("student").version == "1"  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_a_candidate_trained_on_the_teachers_labels_is_promoted_and_a_shuffled_one_rejected(
     setup: tuple[Registry, Path, TinyPair], tmp_path: Path
 ) -> None:
@@ -165,6 +166,7 @@ def test_the_gate_judges_agreement_first_and_cost_by_shape_then_time() -> None:
     assert outcome(uncalibrated) == "rejected"
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_training_promotes_nothing_and_frees_the_lock(
     setup: tuple[Registry, Path, TinyPair], tmp_path: Path
 ) -> None:

@@ -90,6 +90,7 @@ def test_shards_rotate_by_size(tmp_path: Path) -> None:
     assert [pq.read_metadata(s).num_rows for s in shards] == [4, 4, 2]
 
 
+@pytest.mark.slow
 def test_ray_data_reads_the_same_rows_as_pyarrow(tmp_path: Path, ray_session: int) -> None:
     """What the job reads on a cluster (``--reader ray``) is what it reads on one machine."""
     for writer_number in range(2):  # two writers, as two ingress replicas: two folders of shards

@@ -77,11 +77,14 @@ def _calibrate(args: argparse.Namespace) -> int:
             ("max_quality_loss", args.max_quality_loss),
             ("max_escalation", args.max_escalation),
             ("max_cost", args.max_cost),
+            ("escalation_share", args.escalation_share),
         )
         if v is not None
     ]
     if len(targets) != 1:
-        raise CascadeError("name exactly one target: --max-quality-loss, --max-escalation or --max-cost")
+        raise CascadeError(
+            "name exactly one target: --max-quality-loss, --max-escalation, --max-cost or --escalation-share"
+        )
     ((target, value),) = targets
     report = calibrate_artifacts(
         args.teacher,
@@ -227,6 +230,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     calibrate.add_argument("--max-quality-loss", type=float, help="points of accuracy below the teacher, at least cost")
     calibrate.add_argument("--max-escalation", type=float, help="share of requests sent to the teacher (0-1)")
     calibrate.add_argument("--max-cost", type=float, help="dollars per 1,000 requests")
+    calibrate.add_argument(
+        "--escalation-share", type=float, help="escalate this share (0-1) of the least confident requests"
+    )
     calibrate.add_argument("--threads", type=int, default=1)
     calibrate.add_argument("--output", type=Path, help="also write the full report as JSON")
     calibrate.add_argument("--dry-run", action="store_true", help="print, write nothing into the manifest")
