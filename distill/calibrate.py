@@ -194,6 +194,19 @@ def calibrate(
     )
 
 
+def fit_teacher_temperature(teacher_folder: Path, dev_path: str | Path, *, max_length: int = 64) -> float:
+    """Fit the teacher's temperature on labelled dev data (minimum NLL) and store it in its manifest.
+
+    The gateway reports the teacher's confidence after this temperature, as it does the student's.
+    """
+    teacher = resolve_model(str(teacher_folder))
+    data = read_jsonl(dev_path, known_labels=teacher.labels)
+    logits = batched_logits(load_backend(teacher, max_length=max_length), data.texts)
+    temperature = fit_temperature(logits, data.label_ids(list(teacher.labels)))
+    write_manifest(teacher_folder, read_manifest(teacher_folder).model_copy(update={"temperature": temperature}))
+    return temperature
+
+
 def write_calibration(student_folder: Path, report: CalibrationReport) -> None:
     """Store temperature and the cascade rule in the student's manifest (checksums rewritten)."""
     manifest = read_manifest(student_folder)
