@@ -118,12 +118,13 @@ def phase(
     workers: int = 4,
     metrics_url: str | None = None,
     application: str | None = None,
-    metrics_delay_s: float = 0.0,
+    metrics_deadline_s: float = 120.0,
 ) -> dict[str, Any]:
     """Send ``texts`` through the cascade, then ask the student alone; the phase's figures.
 
-    With ``metrics_url``, the exported drift metrics are read before and after (``metrics_delay_s``
-    lets the exporter catch up): the PSI at the end of the phase and the shadow counts during it.
+    With ``metrics_url``, the exported drift metrics are read before and after: the PSI at the end
+    of the phase and the shadow counts during it. "After" waits, up to ``metrics_deadline_s``, until
+    the export has converged (``wait_for_export``).
     """
     before = drift_metrics(metrics_url, application) if metrics_url else None
     started = time.time()
@@ -140,8 +141,8 @@ def phase(
         "student_versions": sorted({a.student_version for a in (*auto, *student) if a.student_version}),
     }
     if metrics_url and before is not None:
-        time.sleep(metrics_delay_s)
-        after = drift_metrics(metrics_url, application)
+        escalated = sum(1 for a in answered if a.escalated)
+        after = wait_for_export(metrics_url, application, before, escalated, deadline_s=metrics_deadline_s)
         agree = float(after["shadow_agree"] or 0) - float(before["shadow_agree"] or 0)
         disagree = float(after["shadow_disagree"] or 0) - float(before["shadow_disagree"] or 0)
         result["exported"] = {
@@ -150,6 +151,33 @@ def phase(
             "shadow_disagreement": disagree / (agree + disagree) if agree + disagree else None,
         }
     return result
+
+
+def wait_for_export(
+    metrics_url: str,
+    application: str | None,
+    before: dict[str, float | None],
+    escalated: int,
+    *,
+    deadline_s: float,
+    every_s: float = 1.5,
+) -> dict[str, float | None]:
+    """The drift metrics once the export has caught up, or at the deadline.
+
+    Caught up: every escalation the clients saw is counted, and two scrapes ``every_s`` apart (more
+    than one report interval of Ray's processes) agree, so shadow calls that end after their
+    requests are in too. A loaded machine delays Ray's reports; this waits for them instead of
+    sleeping a fixed time.
+    """
+    end = time.monotonic() + deadline_s
+    previous: dict[str, float | None] | None = None
+    while True:
+        current = drift_metrics(metrics_url, application)
+        counted = float(current["escalations"] or 0) - float(before["escalations"] or 0)
+        if (counted >= escalated and current == previous) or time.monotonic() > end:
+            return current
+        previous = current
+        time.sleep(every_s)
 
 
 @dataclass

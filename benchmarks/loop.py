@@ -215,7 +215,7 @@ def run_loop_benchmark(s: LoopBenchmarkSettings, log: Any = print) -> dict[str, 
     result: dict[str, Any] = {"settings": {k: str(v) for k, v in asdict(s).items()}, "held_out": data.held_out}
     gateway = GatewayProcess(config_path, s.work / "gw.log", port=port)
     try:
-        measure = {"workers": s.phase_workers, "metrics_url": metrics_url, "metrics_delay_s": 6.0}
+        measure = {"workers": s.phase_workers, "metrics_url": metrics_url, "metrics_deadline_s": 120.0}
         phases = [phase("pre-drift", url, data.pre, teacher, **measure)]  # type: ignore[arg-type]
         log(f"pre-drift: {phases[-1]}")
         phases.append(phase("drift", url, data.drift, teacher, **measure))  # type: ignore[arg-type]

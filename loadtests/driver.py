@@ -93,6 +93,23 @@ def _pinned(command: list[str], cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus, *command] if cpus else command
 
 
+def settled_cost_counters(
+    metrics_url: str, at_least_texts: float, *, deadline_s: float = 60.0, every_s: float = 2.5
+) -> tuple[float, float]:
+    """The gateway's cost counters once every answered text is counted and two scrapes agree (or at the deadline).
+
+    ``every_s`` is longer than one metrics report interval of the gateway's processes (2 s).
+    """
+    end = time.monotonic() + deadline_s
+    previous: tuple[float, float] | None = None
+    while True:
+        current = cost_counters(metrics_url)
+        if (current[1] >= at_least_texts and current == previous) or time.monotonic() > end:
+            return current
+        previous = current
+        time.sleep(every_s)
+
+
 class LoadDriver:
     """Drives a running gateway with Locust; stops every helper process it started itself (the no-op server)."""
 
@@ -257,16 +274,15 @@ class LoadDriver:
                 f"escalated {100 * stage.escalation_rate:4.1f}%  {mark}"
             )
             offered = round(offered * self.s.growth, 1)
-        time.sleep(2.5)  # one metrics report interval of the gateway's processes
-        dollars_after, texts_after = cost_counters(metrics_url)
+        ok = [r for r in all_records if r["status"] == 200]
+        answered = sum(len(r["escalated"]) for r in ok)
+        dollars_after, texts_after = settled_cost_counters(metrics_url, texts_before + answered)
         if texts_after > texts_before:
             run.cost_per_1000_dollars = 1000 * (dollars_after - dollars_before) / (texts_after - texts_before)
         measured = quality(all_records, teacher)
         run.accuracy, run.agreement_with_teacher = measured["accuracy"], measured["agreement"]
         run.answers = answers(all_records)
-        ok = [r for r in all_records if r["status"] == 200]
-        texts = sum(len(r["escalated"]) for r in ok)
-        run.escalation_rate = sum(sum(r["escalated"]) for r in ok) / texts if texts else 0.0
+        run.escalation_rate = sum(sum(r["escalated"]) for r in ok) / answered if answered else 0.0
         return run, all_records
 
     def overhead(self, host: str) -> dict[str, Any]:

@@ -5,11 +5,6 @@ Two servers, one per threshold: τ = 0 never escalates, τ = 1.5 always does.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serving.process import GatewayProcess
 from tests.builders import TEXTS, TinyPair
 from tests.conftest import free_port
 from tests.gateway_helpers import BAD_REQUESTS, gateway_config, write_config
@@ -45,41 +41,7 @@ def ray_core_pids() -> set[int]:
 class Server:
     url: str
     threshold: float
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-def _start(config_path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--config", str(config_path), "--port", str(port)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> int:
-    """Ctrl-C, as a user would; SIGKILL only if it does not end within 90 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            return process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return process.wait()
-
-
-def _wait_listening(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"cascade serve exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}")
-        if "listening on" in server.log.read_text(errors="replace"):
-            return
-        time.sleep(0.5)
-    _stop(server.process)
-    pytest.fail(f"cascade serve not ready within {STARTUP_DEADLINE_S} s:\n{server.log.read_text()[-3000:]}")
+    gateway: GatewayProcess
 
 
 @pytest.fixture(scope="module", params=[0.0, 1.5], ids=["tau=0", "tau=1.5"])
@@ -91,19 +53,17 @@ def server(
     port = free_port()
     config = write_config(folder / "gateway.yaml", gateway_config(tiny_pair, threshold=threshold, port=port))
     before = ray_core_pids()
-    started = Server(
-        f"http://127.0.0.1:{port}",
-        threshold,
-        _start(config, port, folder / "serve.log"),
-        folder / "serve.log",
+    # Ready means /readyz answered 200; on failure it stops the server and raises with its log's tail.
+    gateway = GatewayProcess(
+        config, folder / "serve.log", port=port, startup_timeout_s=STARTUP_DEADLINE_S, stop_timeout_s=90
     )
-    _wait_listening(started)  # on failure it stops the server itself
     try:
-        yield started
+        assert "listening on" in gateway.output()
+        yield Server(gateway.url, threshold, gateway)
     finally:
-        code = _stop(started.process)
+        code = gateway.stop()  # Ctrl-C, as a user would; SIGKILL only after 90 s
         leftover = ray_core_pids() - before
-        assert code == 0, started.log.read_text()[-3000:]
+        assert code == 0, gateway.output()[-3000:]
         assert not leftover, f"Ray processes left behind by cascade serve: {leftover}"
 
 

@@ -179,7 +179,7 @@ def _redistill(loop: Loop, state: Path, **overrides: Any) -> RedistillReport:
 def test_drift_is_learned_from_the_teachers_answers_and_swapped_in_under_load(loop: Loop, tmp_path: Path) -> None:
     pre_texts, drift_texts, post_texts = _mixed(10, 60, 0), _mixed(11, 40, 80), _mixed(12, 40, 80)
     teacher = teacher_labels(str(loop.teacher), pre_texts + drift_texts + post_texts, max_length=32)
-    measure = {"metrics_url": loop.metrics_url, "application": APP, "metrics_delay_s": 3.0}
+    measure = {"metrics_url": loop.metrics_url, "application": APP, "metrics_deadline_s": 120.0}
 
     pre = phase("pre-drift", loop.url, pre_texts, teacher, **measure)  # type: ignore[arg-type]
     drift = phase("drift", loop.url, drift_texts, teacher, **measure)  # type: ignore[arg-type]
