@@ -5,6 +5,7 @@ Two servers, one per threshold: τ = 0 never escalates, τ = 1.5 always does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,12 @@ def server(
         config, folder / "serve.log", port=port, startup_timeout_s=STARTUP_DEADLINE_S, stop_timeout_s=90
     )
     try:
-        assert "listening on" in gateway.output()
+        # The process prints its "listening on" line once its own readiness check passes, which can
+        # be a moment after ours did.
+        end = time.monotonic() + 60
+        while "listening on" not in gateway.output() and time.monotonic() < end:
+            time.sleep(0.2)
+        assert "listening on" in gateway.output(), gateway.output()[-3000:]
         yield Server(gateway.url, threshold, gateway)
     finally:
         code = gateway.stop()  # Ctrl-C, as a user would; SIGKILL only after 90 s
