@@ -24,7 +24,16 @@ from distill.evaluate import time_backend
 from router import Signal, confidence, softmax
 from router.calibration import expected_calibration_error, fit_temperature
 from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, DEFAULT_GPU_NODE_DOLLARS_PER_HOUR, CostModel
-from router.tradeoff import Outcomes, Point, Target, choose_threshold, reference_points, summary, sweep
+from router.tradeoff import (
+    Outcomes,
+    Point,
+    Target,
+    choose_threshold,
+    oracle_curve,
+    reference_points,
+    summary,
+    sweep,
+)
 from serving.artifact import (
     Calibration,
     CalibrationTarget,
@@ -230,6 +239,7 @@ def curve(
         "signal": signal.value,
         "temperature": temperature,
         "points": [p.as_dict() for p in points],
+        "oracle_points": [p.as_dict() for p in oracle_curve(outcomes, cost)],
         **reference_points(outcomes, cost),
     }
     if chosen is not None:
@@ -257,6 +267,15 @@ def plot_curve(result: dict[str, Any], path: Path, title: str) -> None:
             [p["quality"] for p in agreement],
             linestyle="--",
             label="cascade (agreement with teacher)",
+        )
+    if "oracle_points" in result:  # the cheapest routing at each accuracy, knowing every answer
+        oracle = result["oracle_points"]
+        axis.plot(
+            [p["dollars_per_1000"] for p in oracle],
+            [p["quality"] for p in oracle],
+            linestyle=":",
+            color="grey",
+            label="oracle (cheapest at each accuracy)",
         )
     references = [("teacher only", result["teacher_only"], "s"), ("student only", result["student_only"], "o")]
     references.append(("oracle", result["oracle"], "*"))

@@ -6,7 +6,9 @@ teacher is then right by definition). Every point of the curve is "escalate when
 
 - ``sweep``: one point per distinct τ: escalation rate, accuracy (or agreement), cost per 1,000.
 - ``choose_threshold``: the τ that meets one target (max quality loss, max escalation, max cost).
-- ``oracle``: escalates exactly the requests the student gets wrong: the best any router can do.
+- ``oracle`` / ``oracle_at`` / ``oracle_curve``: the cheapest routing that knows every answer, at the
+  best accuracy or at a given one (it escalates only texts the teacher alone gets right): no router
+  beats it, so a share of its savings is at most 1.
 - ``random_routing``: escalates the same share at random: what a router that knows nothing does.
 """
 
@@ -102,11 +104,40 @@ def sweep(outcomes: Outcomes, cost: CostModel) -> list[Point]:
 
 
 def oracle(outcomes: Outcomes, cost: CostModel) -> Point:
-    """Escalate exactly the requests the student gets wrong (where the teacher could help)."""
-    escalate = ~outcomes.student_correct
-    rate = float(escalate.mean())
-    quality = float(np.where(escalate, outcomes.teacher_correct, True).mean())
+    """The cheapest routing to the best accuracy any router can reach, knowing every answer.
+
+    It escalates exactly the texts the student gets wrong and the teacher gets right: escalating one
+    that both get wrong costs the teacher and buys nothing, so an oracle that escalated every student
+    error would be beatable (and a "share of its savings" could exceed 1).
+    """
+    helps = ~outcomes.student_correct & outcomes.teacher_correct
+    rate = float(helps.mean())
+    quality = float((outcomes.student_correct | helps).mean())
     return Point(float("nan"), rate, quality, cost.per_thousand(cost.cascade_dollars(rate)))
+
+
+def oracle_at(outcomes: Outcomes, cost: CostModel, quality: float) -> Point:
+    """The cheapest routing that reaches ``quality`` knowing every answer: nothing beats it at that accuracy.
+
+    Each escalated text the teacher alone gets right adds one right answer; the oracle escalates just
+    as many of those as the accuracy needs (none when the student alone reaches it).
+    """
+    n = outcomes.size
+    helpful = int((~outcomes.student_correct & outcomes.teacher_correct).sum())
+    needed = math.ceil(round((quality - outcomes.student_quality) * n, 9))
+    escalated = min(max(needed, 0), helpful)
+    rate = escalated / n
+    reached = outcomes.student_quality + rate
+    return Point(float("nan"), rate, reached, cost.per_thousand(cost.cascade_dollars(rate)))
+
+
+def oracle_curve(outcomes: Outcomes, cost: CostModel) -> list[Point]:
+    """The oracle at every accuracy from the student's alone to the best reachable: the curve no router beats."""
+    n, helpful = outcomes.size, int((~outcomes.student_correct & outcomes.teacher_correct).sum())
+    return [
+        Point(float("nan"), k / n, outcomes.student_quality + k / n, cost.per_thousand(cost.cascade_dollars(k / n)))
+        for k in range(helpful + 1)
+    ]
 
 
 def random_routing(outcomes: Outcomes, escalation_rate: float, cost: CostModel) -> Point:
@@ -162,9 +193,12 @@ def wilson_interval(successes: float, trials: int, z: float = 1.96) -> tuple[flo
 
 
 def savings_share_of_oracle(chosen: Point, outcomes: Outcomes, cost: CostModel) -> float:
-    """(teacher-only cost − cascade cost) / (teacher-only cost − oracle cost)."""
+    """(teacher-only cost − cascade cost) / (teacher-only cost − the oracle's cost at the cascade's accuracy).
+
+    At most 1 by construction: no routing reaches an accuracy more cheaply than ``oracle_at`` it.
+    """
     teacher_only = cost.per_thousand(cost.teacher_dollars)
-    oracle_point = oracle(outcomes, cost)
+    oracle_point = oracle_at(outcomes, cost, chosen.quality)
     possible = teacher_only - oracle_point.dollars_per_1000
     return (teacher_only - chosen.dollars_per_1000) / possible if possible > 0 else float("nan")
 

@@ -15,6 +15,8 @@ from router.tradeoff import (
     Outcomes,
     choose_threshold,
     oracle,
+    oracle_at,
+    oracle_curve,
     random_routing,
     savings_share_of_oracle,
     sweep,
@@ -102,6 +104,31 @@ def test_an_escalation_share_is_spent_even_where_the_dev_set_shows_nothing_to_ga
     share = choose_threshold(tied, COST, "escalation_share", 0.15)
     assert share.escalation_rate == pytest.approx(0.15)  # the three least confident of twenty
     assert share.threshold == pytest.approx(confidence[3], abs=1e-6)
+
+
+def test_the_oracle_escalates_only_what_the_teacher_alone_gets_right_so_no_cascade_beats_it() -> None:
+    """Ten texts: the student misses two, the teacher gets one of those right. Old oracle: escalate both."""
+    student = np.array([True] * 8 + [False, False])
+    teacher = np.array([True] * 9 + [False])  # right on the 9th (student wrong), wrong on the 10th
+    confidence = np.array([0.9] * 8 + [0.1, 0.5])  # the cascade's lowest confidence is the helpful one
+    outcomes = Outcomes.from_arrays(confidence, student, teacher)
+    best = oracle(outcomes, COST)
+    assert best.escalation_rate == pytest.approx(0.1) and best.quality == pytest.approx(0.9)
+    cascade = outcomes.at(0.2, COST)  # escalates exactly the 9th text
+    assert cascade.escalation_rate == pytest.approx(0.1) and cascade.quality == pytest.approx(0.9)
+    assert savings_share_of_oracle(cascade, outcomes, COST) == pytest.approx(1.0)  # the old oracle: 0.008 / 0.007 = 1.14
+    assert [p.escalation_rate for p in oracle_curve(outcomes, COST)] == pytest.approx([0.0, 0.1])
+    assert oracle_at(outcomes, COST, 0.85).escalation_rate == pytest.approx(0.1)  # 0.85 needs one text
+    assert oracle_at(outcomes, COST, 0.7).escalation_rate == 0.0  # the student alone is above it
+
+
+def test_no_threshold_earns_more_than_the_oracles_savings() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        n = int(rng.integers(20, 300))
+        outcomes = Outcomes.from_arrays(rng.random(n), rng.random(n) < 0.8, rng.random(n) < 0.9)
+        shares = [savings_share_of_oracle(p, outcomes, COST) for p in sweep(outcomes, COST)]
+        assert max(shares) <= 1.0 + 1e-9
 
 
 def test_oracle_random_and_share_of_savings() -> None:
