@@ -116,7 +116,9 @@ def test_the_oracle_escalates_only_what_the_teacher_alone_gets_right_so_no_casca
     assert best.escalation_rate == pytest.approx(0.1) and best.quality == pytest.approx(0.9)
     cascade = outcomes.at(0.2, COST)  # escalates exactly the 9th text
     assert cascade.escalation_rate == pytest.approx(0.1) and cascade.quality == pytest.approx(0.9)
-    assert savings_share_of_oracle(cascade, outcomes, COST) == pytest.approx(1.0)  # the old oracle: 0.008 / 0.007 = 1.14
+    assert savings_share_of_oracle(cascade, outcomes, COST) == pytest.approx(
+        1.0
+    )  # the old oracle: 0.008 / 0.007 = 1.14
     assert [p.escalation_rate for p in oracle_curve(outcomes, COST)] == pytest.approx([0.0, 0.1])
     assert oracle_at(outcomes, COST, 0.85).escalation_rate == pytest.approx(0.1)  # 0.85 needs one text
     assert oracle_at(outcomes, COST, 0.7).escalation_rate == 0.0  # the student alone is above it
