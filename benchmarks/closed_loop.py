@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from loadtests import wait_until_settled
 from serving import metrics as m
 
 
@@ -169,15 +170,12 @@ def wait_for_export(
     requests are in too. A loaded machine delays Ray's reports; this waits for them instead of
     sleeping a fixed time.
     """
-    end = time.monotonic() + deadline_s
-    previous: dict[str, float | None] | None = None
-    while True:
-        current = drift_metrics(metrics_url, application)
-        counted = float(current["escalations"] or 0) - float(before["escalations"] or 0)
-        if (counted >= escalated and current == previous) or time.monotonic() > end:
-            return current
-        previous = current
-        time.sleep(every_s)
+    return wait_until_settled(
+        lambda: drift_metrics(metrics_url, application),
+        lambda now: float(now["escalations"] or 0) - float(before["escalations"] or 0) >= escalated,
+        deadline_s=deadline_s,
+        every_s=every_s,
+    )
 
 
 @dataclass

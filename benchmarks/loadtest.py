@@ -27,12 +27,11 @@ from loadtests.stats import ConfigurationRun, summarise, teacher_answers
 from serving.process import GatewayProcess
 
 
-class _Gateway(GatewayProcess):
-    metrics_url: str
+def start_gateway(settings: LoadTestSettings, work: Path) -> tuple[GatewayProcess, str]:
+    """``cascade serve --direct-student`` with the load test's settings, pinned to the gateway's cores.
 
-
-def start_gateway(settings: LoadTestSettings, work: Path) -> _Gateway:
-    """``cascade serve --direct-student`` with the load test's settings, pinned to the gateway's cores."""
+    Returns the ready gateway and the URL of its metrics (a private Ray's metrics agent).
+    """
     port, metrics_port = free_port(), free_port()
     role = {
         "threads": settings.model_threads,
@@ -60,7 +59,7 @@ def start_gateway(settings: LoadTestSettings, work: Path) -> _Gateway:
     }
     path = work / "gateway.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    gateway = _Gateway(
+    gateway = GatewayProcess(
         path,
         work / "gateway.log",
         port=port,
@@ -68,8 +67,7 @@ def start_gateway(settings: LoadTestSettings, work: Path) -> _Gateway:
         cpus=settings.gateway_cpus,
         startup_timeout_s=settings.startup_timeout_s,
     )
-    gateway.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    return gateway
+    return gateway, f"http://127.0.0.1:{metrics_port}/metrics"
 
 
 def run_loadtest(settings: LoadTestSettings, log: Any = print) -> dict[str, Any]:
@@ -82,11 +80,11 @@ def run_loadtest(settings: LoadTestSettings, log: Any = print) -> dict[str, Any]
         f"Locust on CPUs {settings.generator_cpus or 'all'}; work folder {harness.work}"
     )
     runs: list[ConfigurationRun] = []
-    gateway: _Gateway | None = None
+    gateway: GatewayProcess | None = None
     try:
         ceiling = harness.generator_ceiling()
-        gateway = start_gateway(settings, harness.work)
-        url, metrics_url = gateway.url, gateway.metrics_url
+        gateway, metrics_url = start_gateway(settings, harness.work)
+        url = gateway.url
         models = httpx.get(f"{url}/v1/models", timeout=10).json()
         log(f"  gateway ready at {url}")
         for repeat in range(1, settings.repeats + 1):

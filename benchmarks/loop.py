@@ -209,7 +209,7 @@ def run_loop_benchmark(s: LoopBenchmarkSettings, log: Any = print) -> dict[str, 
     }
     config_path = s.work / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    url, metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"  # as GatewayProcess
+    url, metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
     log("labelling every phase's texts with the teacher, offline")
     teacher = teacher_labels(str(s.teacher), data.pre + data.drift + data.post, max_length=64, threads=s.threads * 2)
     result: dict[str, Any] = {"settings": {k: str(v) for k, v in asdict(s).items()}, "held_out": data.held_out}

@@ -254,29 +254,16 @@ def plot_curve(result: dict[str, Any], path: Path, title: str) -> None:
     plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
-    points = result["points"]
-    axis.plot(
-        [p["dollars_per_1000"] for p in points],
-        [p["quality"] for p in points],
-        label=f"cascade ({result['quality_measure']})",
-    )
-    if "agreement_points" in result:
-        agreement = result["agreement_points"]
-        axis.plot(
-            [p["dollars_per_1000"] for p in agreement],
-            [p["quality"] for p in agreement],
-            linestyle="--",
-            label="cascade (agreement with teacher)",
-        )
-    if "oracle_points" in result:  # the cheapest routing at each accuracy, knowing every answer
-        oracle = result["oracle_points"]
-        axis.plot(
-            [p["dollars_per_1000"] for p in oracle],
-            [p["quality"] for p in oracle],
-            linestyle=":",
-            color="grey",
-            label="oracle (cheapest at each accuracy)",
-        )
+    curves = [
+        ("points", f"cascade ({result['quality_measure']})", {}),
+        ("agreement_points", "cascade (agreement with teacher)", {"linestyle": "--"}),
+        # the cheapest routing at each accuracy, knowing every answer
+        ("oracle_points", "oracle (cheapest at each accuracy)", {"linestyle": ":", "color": "grey"}),
+    ]
+    for key, label, style in curves:
+        if key in result:
+            points = result[key]
+            axis.plot([p["dollars_per_1000"] for p in points], [p["quality"] for p in points], label=label, **style)
     references = [("teacher only", result["teacher_only"], "s"), ("student only", result["student_only"], "o")]
     references.append(("oracle", result["oracle"], "*"))
     if "chosen" in result:

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from loadtests import free_port
+from loadtests import free_port, wait_until_settled
 from loadtests.stats import ConfigurationRun, Stage, answers, cost_counters, percentile, quality, stage_stats
 
 CONFIGURATIONS = {"teacher_only": "teacher", "student_only": "student", "cascade": "auto"}
@@ -100,14 +100,12 @@ def settled_cost_counters(
 
     ``every_s`` is longer than one metrics report interval of the gateway's processes (2 s).
     """
-    end = time.monotonic() + deadline_s
-    previous: tuple[float, float] | None = None
-    while True:
-        current = cost_counters(metrics_url)
-        if (current[1] >= at_least_texts and current == previous) or time.monotonic() > end:
-            return current
-        previous = current
-        time.sleep(every_s)
+    return wait_until_settled(
+        lambda: cost_counters(metrics_url),
+        lambda counters: counters[1] >= at_least_texts,
+        deadline_s=deadline_s,
+        every_s=every_s,
+    )
 
 
 class LoadDriver:

@@ -103,6 +103,17 @@ def sweep(outcomes: Outcomes, cost: CostModel) -> list[Point]:
     ]
 
 
+def _oracle_point(outcomes: Outcomes, cost: CostModel, escalated: int) -> Point:
+    """The oracle escalating ``escalated`` of the texts only the teacher gets right: each adds one right answer."""
+    n = outcomes.size
+    quality = (int(outcomes.student_correct.sum()) + escalated) / n
+    return Point(float("nan"), escalated / n, quality, cost.per_thousand(cost.cascade_dollars(escalated / n)))
+
+
+def _teacher_alone_right(outcomes: Outcomes) -> int:
+    return int((~outcomes.student_correct & outcomes.teacher_correct).sum())
+
+
 def oracle(outcomes: Outcomes, cost: CostModel) -> Point:
     """The cheapest routing to the best accuracy any router can reach, knowing every answer.
 
@@ -110,34 +121,22 @@ def oracle(outcomes: Outcomes, cost: CostModel) -> Point:
     that both get wrong costs the teacher and buys nothing, so an oracle that escalated every student
     error would be beatable (and a "share of its savings" could exceed 1).
     """
-    helps = ~outcomes.student_correct & outcomes.teacher_correct
-    rate = float(helps.mean())
-    quality = float((outcomes.student_correct | helps).mean())
-    return Point(float("nan"), rate, quality, cost.per_thousand(cost.cascade_dollars(rate)))
+    return _oracle_point(outcomes, cost, _teacher_alone_right(outcomes))
 
 
 def oracle_at(outcomes: Outcomes, cost: CostModel, quality: float) -> Point:
     """The cheapest routing that reaches ``quality`` knowing every answer: nothing beats it at that accuracy.
 
-    Each escalated text the teacher alone gets right adds one right answer; the oracle escalates just
-    as many of those as the accuracy needs (none when the student alone reaches it).
+    It escalates just as many of the texts the teacher alone gets right as the accuracy needs (none
+    when the student alone reaches it).
     """
-    n = outcomes.size
-    helpful = int((~outcomes.student_correct & outcomes.teacher_correct).sum())
-    needed = math.ceil(round((quality - outcomes.student_quality) * n, 9))
-    escalated = min(max(needed, 0), helpful)
-    rate = escalated / n
-    reached = outcomes.student_quality + rate
-    return Point(float("nan"), rate, reached, cost.per_thousand(cost.cascade_dollars(rate)))
+    needed = math.ceil(round((quality - outcomes.student_quality) * outcomes.size, 9))
+    return _oracle_point(outcomes, cost, min(max(needed, 0), _teacher_alone_right(outcomes)))
 
 
 def oracle_curve(outcomes: Outcomes, cost: CostModel) -> list[Point]:
     """The oracle at every accuracy from the student's alone to the best reachable: the curve no router beats."""
-    n, helpful = outcomes.size, int((~outcomes.student_correct & outcomes.teacher_correct).sum())
-    return [
-        Point(float("nan"), k / n, outcomes.student_quality + k / n, cost.per_thousand(cost.cascade_dollars(k / n)))
-        for k in range(helpful + 1)
-    ]
+    return [_oracle_point(outcomes, cost, k) for k in range(_teacher_alone_right(outcomes) + 1)]
 
 
 def random_routing(outcomes: Outcomes, escalation_rate: float, cost: CostModel) -> Point:

@@ -37,18 +37,15 @@ def policy_in_force(
     else:
         threshold = calibration.threshold if calibration else c.DEFAULT_THRESHOLD
     policy = CascadePolicy(threshold=threshold, signal=signal, temperature=settings.temperature or student_temperature)
-    same_signal = calibration is not None and calibration.signal == policy.signal
-    as_calibrated = same_signal and calibration is not None and calibration.threshold == policy.threshold
-    if as_calibrated:
-        source = "calibration"
-    elif settings.signal is not None or settings.threshold is not None:
-        source = "config"
-    else:
-        source = "defaults"
+    configured = settings.signal is not None or settings.threshold is not None
+    if calibration is None:
+        return PolicyInForce(policy, "config" if configured else "defaults", None, None)
+    # PSI compares like with like: only when the live signal is the one the reference was taken with.
+    same_signal = calibration.signal == policy.signal
+    as_calibrated = same_signal and calibration.threshold == policy.threshold
     return PolicyInForce(
         policy=policy,
-        source=source,
-        expected_escalation_rate=calibration.expected_escalation_rate if as_calibrated and calibration else None,
-        # PSI compares like with like: only when the live signal is the one the reference was taken with.
-        drift_reference=calibration.reference_confidence if same_signal and calibration else None,
+        source="calibration" if as_calibrated else "config",  # the config overrode what calibration chose
+        expected_escalation_rate=calibration.expected_escalation_rate if as_calibrated else None,
+        drift_reference=calibration.reference_confidence if same_signal else None,
     )

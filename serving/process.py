@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -88,7 +89,7 @@ class ChildProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def __enter__(self) -> ChildProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -123,9 +124,6 @@ class GatewayProcess(ChildProcess):
         except BaseException:
             self.stop()
             raise
-
-    def __enter__(self) -> GatewayProcess:
-        return self
 
 
 __all__ = ["ChildProcess", "GatewayProcess", "cascade_command", "wait_until_ready"]

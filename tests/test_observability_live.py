@@ -22,6 +22,7 @@ import httpx
 import pytest
 import yaml
 
+from loadtests import wait_until_settled
 from serving import metrics as m
 from serving.config import parse_config
 from serving.monitoring import panel_queries, recording_rules
@@ -111,14 +112,12 @@ def _wait_for_counts(metrics_url: str, texts: int, deadline_s: float = 240) -> d
     session's Ray) agree, so shadow calls that finish after their requests are in too. On a busy
     machine Ray's reports lag; the deadline is generous and the caller's assertions say what is short.
     """
-    end = time.time() + deadline_s
-    previous: dict[str, float] | None = None
-    while True:
-        counters = parse_counters(_scrape(metrics_url))
-        if (counters["requests"] >= texts and counters == previous) or time.time() > end:
-            return counters
-        previous = counters
-        time.sleep(1.5)
+    return wait_until_settled(
+        lambda: parse_counters(_scrape(metrics_url)),
+        lambda counters: counters["requests"] >= texts,
+        deadline_s=deadline_s,
+        every_s=1.5,
+    )
 
 
 def _series(metrics_url: str) -> set[str]:
