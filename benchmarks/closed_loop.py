@@ -70,7 +70,7 @@ def classify(
 
 def teacher_labels(teacher: str, texts: Sequence[str], *, max_length: int, threads: int = 1) -> dict[str, str]:
     """The teacher's answer per text, from the artifact the gateway serves (offline, nothing logged)."""
-    from distill.calibrate import batched_logits
+    from distill.predictions import batched_logits
     from serving.backends import load_backend
     from serving.model_ref import resolve_model
 

@@ -6,7 +6,11 @@ For each dataset it fine-tunes the teacher (the packaged MiniLM), distils a laye
 (DistilBERT-style) and a bag-of-embeddings student, exports all three to ONNX (fp32 and int8),
 evaluates teacher and students on the dev split in the same run, and writes ``distill.json`` and
 ``distill.md`` with the command, the machine, the wall time of every run, and the targets.
-Models go to ``--work`` (not the repo). Datasets stay where they are; nothing is copied.
+
+Early stopping uses a seeded slice of the *training* split (``EARLY_STOP_ROWS``), never dev: the dev
+split stays untouched by every training step, so ``benchmark-cascade`` can calibrate on one half of it
+and measure on the other.
+Models go to ``--work`` (not the repo). Datasets stay where they are; the split files go to ``--work``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.build import BuildOptions, distill_student, finetune_teacher
+from distill.data import split_jsonl
 from distill.evaluate import evaluate_pair
 from distill.training import TrainSettings
 
@@ -76,6 +81,8 @@ PUBLISHED_BERT_BASE = {"banking77": 93.7, "sst2": 92.7}  # BANKING77 (Casanueva 
 
 
 LAYER_STUDENT_LAYERS = [0, 5]
+EARLY_STOP_SHARE, EARLY_STOP_MAX_ROWS = 0.1, 1_000
+"""The early-stopping slice: 10% of the (subsampled) training split, at most 1,000 rows, seed 0."""
 
 
 def _subsample(path: Path, limit: int | None, work: Path) -> Path:
@@ -94,7 +101,9 @@ def run_dataset(plan: DatasetPlan, datasets: Path, work: Path, threads: int) -> 
     folder = datasets / plan.name
     work = work / plan.name
     work.mkdir(parents=True, exist_ok=True)
-    train = _subsample(folder / "train.jsonl", plan.train_limit, work)
+    sampled = _subsample(folder / "train.jsonl", plan.train_limit, work)
+    rows = sum(1 for line in sampled.open(encoding="utf-8") if line.strip())
+    train, early_stop = split_jsonl(sampled, min(EARLY_STOP_MAX_ROWS, int(rows * EARLY_STOP_SHARE)), 0, work)
     dev = folder / "dev.jsonl"
     timings: dict[str, float] = {}
 
@@ -102,7 +111,7 @@ def run_dataset(plan: DatasetPlan, datasets: Path, work: Path, threads: int) -> 
         return BuildOptions(name=name, max_length=plan.max_length, train=settings, int8=True, overwrite=True)
 
     started = time.perf_counter()
-    finetune_teacher(train, work / "teacher", options(f"{plan.name}-teacher", plan.teacher), dev_path=dev)
+    finetune_teacher(train, work / "teacher", options(f"{plan.name}-teacher", plan.teacher), dev_path=early_stop)
     timings["teacher_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -112,7 +121,7 @@ def run_dataset(plan: DatasetPlan, datasets: Path, work: Path, threads: int) -> 
         work / "student-layers",
         options(f"{plan.name}-student-layers", plan.layer_student),
         layers=LAYER_STUDENT_LAYERS,
-        dev_path=dev,
+        dev_path=early_stop,
     )
     timings["student_layers_s"] = time.perf_counter() - started
 
@@ -123,7 +132,7 @@ def run_dataset(plan: DatasetPlan, datasets: Path, work: Path, threads: int) -> 
         work / "student-bag",
         options(f"{plan.name}-student-bag", plan.bag_student),
         shape="bag_of_embeddings",
-        dev_path=dev,
+        dev_path=early_stop,
     )
     timings["student_bag_s"] = time.perf_counter() - started
 
@@ -137,6 +146,7 @@ def run_dataset(plan: DatasetPlan, datasets: Path, work: Path, threads: int) -> 
         "dataset": plan.name,
         "train_rows": sum(1 for _ in train.open(encoding="utf-8")),
         "train_subsampled_to": plan.train_limit,
+        "early_stop_rows": sum(1 for _ in early_stop.open(encoding="utf-8")),
         "settings": {
             "teacher": asdict(plan.teacher),
             "layer_student": {**asdict(plan.layer_student), "layers": LAYER_STUDENT_LAYERS},
@@ -206,6 +216,8 @@ def write_report(results: list[dict[str, Any]], command: str, output: Path) -> N
         f"Machine: {machine_info['cpus']} CPUs, {machine_info['platform']}, "
         f"torch {machine_info['torch']}, onnxruntime {machine_info['onnxruntime']}.",
         "CPU time per example is measured with 1 thread for every model, dev split, same run.",
+        "Early stopping used a seeded slice of the training split (10%, at most 1,000 rows); dev was seen by",
+        "no training step.",
         "",
     ]
     for result in results:

@@ -114,7 +114,8 @@ def _prepare_student(s: LoopBenchmarkSettings, data: Split, log: Any) -> tuple[P
     Returns the student's folder and its training file (redistill's base data).
     """
     from distill.build import BuildOptions, distill_student
-    from distill.calibrate import calibrate, predict, write_calibration
+    from distill.calibrate import calibrate, write_calibration
+    from distill.predictions import predict
     from distill.training import TrainSettings
     from serving.model_ref import resolve_model
 

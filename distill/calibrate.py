@@ -1,54 +1,71 @@
-"""Calibrate a student for the cascade, and draw the cost–quality curve against the oracle.
+"""Calibrate a student for the cascade: temperature, the rule that scores it, and the threshold.
 
-``calibrate``: run teacher and student on a dev file, fit the student's temperature (NLL), measure
-each role's compute seconds per request on this machine, then for every signal pick the threshold
-that meets the user's target and keep the best signal. The choice (temperature, signal, threshold,
-what to expect live, and the reference confidence distribution that drift checks compare against)
-is written into the student's manifest, where the gateway reads it.
+``calibrate`` works on predictions over a labelled file that *no training step saw* (neither training
+nor early stopping: ``calibrate_artifacts`` warns when it is handed a model's own early-stopping or
+training file). It fits the student's temperature (NLL), then picks the rule and the threshold that meet
+the user's target at the lowest cost:
 
-``curve``: the same predictions, swept over every threshold, written as JSON and a PNG.
+- the threshold is chosen on the *upper confidence bound* of the quality loss (``router.bounds``), not
+  its point estimate, so the promise holds on new traffic with the stated confidence;
+- the rule is a closed-form signal (max-prob, margin, entropy) or a learned deferral rule
+  (``router.deferral``). A learned rule is fitted on one part of the calibration texts and its
+  threshold chosen on the other; the closed-form signals are compared on that same other part, and the
+  learned rule is kept only where it is cheaper there (``--rule auto``, the default). When a closed-form
+  signal wins, its threshold is re-chosen on all calibration texts.
+
+The choice (temperature, rule, threshold, what to expect live, and the reference confidence
+distribution drift checks compare against) goes into the student's manifest, where the gateway reads it.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from distill.data import read_jsonl
-from distill.evaluate import time_backend
-from router import Signal, confidence, softmax
+from distill.predictions import Predictions, batched_logits, cost_model, predict
+from router import CascadePolicy, Signal, confidence, softmax
 from router.calibration import expected_calibration_error, fit_temperature
 from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, DEFAULT_GPU_NODE_DOLLARS_PER_HOUR, CostModel
-from router.tradeoff import (
-    Outcomes,
-    Point,
-    Target,
-    choose_threshold,
-    oracle_curve,
-    reference_points,
-    summary,
-    sweep,
+from router.deferral import (
+    BASE_FEATURES,
+    DeferralRule,
+    DeferralTarget,
+    cross_fitted_rule,
+    deferral_features,
+    keep_labels,
 )
+from router.signals import CLOSED_FORM_SIGNALS
+from router.tradeoff import Outcomes, Point, Target, choose_threshold, summary
 from serving.artifact import (
     Calibration,
     CalibrationTarget,
     ConfidenceHistogram,
     Expectation,
+    LearnedRule,
     MeasuredCost,
+    RuleChoice,
     read_manifest,
     write_manifest,
 )
-from serving.backends import Backend, load_backend
-from serving.errors import ArtifactError
+from serving.backends import load_backend
+from serving.constants import DEFAULT_CALIBRATION_CONFIDENCE
 from serving.model_ref import ModelRef, resolve_model
-from serving.plotting import pyplot
 
 REFERENCE_BINS = 20
+DEFAULT_CONFIDENCE = DEFAULT_CALIBRATION_CONFIDENCE
+MIN_RULE_TEXTS = 200
+"""Below this many calibration texts a learned rule is not tried (each half would be under 100)."""
+RULE_SPLIT_SEED = 0
+"""Seeds the cross-fitting folds."""
+
+RuleMode = Literal["auto", "signals", "learned"]
 
 
 class CalibrationReport(BaseModel):
@@ -61,6 +78,8 @@ class CalibrationReport(BaseModel):
     """Expected calibration error before and after the temperature (None without gold labels)."""
     ece_after: float | None
     calibration: Calibration
+    warnings: list[str] = []
+    """What the user should know about the data it was given (a model's own early-stopping file, …)."""
 
     @field_validator("ece_before", "ece_after", mode="before")
     @classmethod
@@ -81,69 +100,23 @@ class CalibrationReport(BaseModel):
 
 
 @dataclass(frozen=True)
-class Predictions:
-    texts: list[str]
-    gold: np.ndarray | None
-    teacher_logits: np.ndarray
-    student_logits: np.ndarray
-    teacher_seconds: float
-    student_seconds: float
-    """Measured compute seconds per request at batch 32 on this machine."""
+class _Scored:
+    """A rule and its score for every calibration text (a learned rule's: out of fold)."""
 
-    def subset(self, rows: np.ndarray) -> Predictions:
-        return Predictions(
-            [self.texts[i] for i in rows],
-            None if self.gold is None else self.gold[rows],
-            self.teacher_logits[rows],
-            self.student_logits[rows],
-            self.teacher_seconds,
-            self.student_seconds,
-        )
+    name: str
+    signal: Signal
+    rule: DeferralRule | None
+    scores: np.ndarray
 
 
-def batched_logits(backend: Backend, texts: list[str], batch: int = 64) -> np.ndarray:
-    """A backend's logits for many texts, ``batch`` at a time."""
-    return np.concatenate([backend.logits(texts[i : i + batch]) for i in range(0, len(texts), batch)])
-
-
-def predict(
-    teacher: ModelRef, student: ModelRef, data_path: str | Path, *, threads: int = 1, max_length: int = 64
-) -> Predictions:
-    if teacher.labels != student.labels:
-        raise ArtifactError("teacher and student label lists differ")
-    data = read_jsonl(data_path, require_labels=False, known_labels=teacher.labels)
-    has_gold = all(label is not None for label in data.labels)
-    gold = np.asarray(data.label_ids(list(teacher.labels))) if has_gold else None
-    backends = {
-        role: load_backend(ref, threads=threads, max_length=max_length)
-        for role, ref in (("teacher", teacher), ("student", student))
-    }
-    timing_texts = data.texts[:256]
-    seconds = {
-        role: time_backend(backend, timing_texts, 32).cpu_ms_per_example / 1000 for role, backend in backends.items()
-    }
-    return Predictions(
-        data.texts,
-        gold,
-        batched_logits(backends["teacher"], data.texts),
-        batched_logits(backends["student"], data.texts),
-        seconds["teacher"],
-        seconds["student"],
-    )
-
-
-def outcomes_for(predictions: Predictions, temperature: float, signal: Signal) -> Outcomes:
-    student_probs = softmax(predictions.student_logits, temperature)
-    student_labels = student_probs.argmax(axis=1)
-    teacher_labels = predictions.teacher_logits.argmax(axis=1)
-    scores = confidence(student_probs, signal)
-    if predictions.gold is None:  # without gold labels, quality is agreement with the teacher
-        return Outcomes.from_arrays(scores, student_labels == teacher_labels)
-    return Outcomes.from_arrays(scores, student_labels == predictions.gold, teacher_labels == predictions.gold)
-
-
-def cost_model(predictions: Predictions, *, student_price: float, teacher_price: float) -> CostModel:
-    return CostModel(predictions.student_seconds, predictions.teacher_seconds, student_price, teacher_price)
+@dataclass(frozen=True)
+class _Candidate:
+    name: str
+    """``max_prob``, ``margin``, ``entropy`` or ``learned (<target>)``."""
+    point: Point
+    outcomes: Outcomes
+    signal: Signal
+    rule: DeferralRule | None = None
 
 
 def reference_histogram(scores: np.ndarray) -> ConfidenceHistogram:
@@ -153,6 +126,45 @@ def reference_histogram(scores: np.ndarray) -> ConfidenceHistogram:
     return ConfidenceHistogram(edges=edges.round(4).tolist(), shares=(counts / max(1, counts.sum())).round(6).tolist())
 
 
+def rule_scores(predictions: Predictions, policy: CascadePolicy) -> np.ndarray:
+    """The policy's confidence for each text, as the gateway computes it."""
+    return policy.scores(predictions.student_probabilities(policy.temperature), predictions.text_lengths)
+
+
+def _temperature(predictions: Predictions) -> float:
+    gold = predictions.gold if predictions.gold is not None else predictions.teacher_logits.argmax(axis=1)
+    return fit_temperature(predictions.student_logits, gold)
+
+
+def _best(candidates: list[_Candidate], target: Target) -> _Candidate:
+    if target == "max_quality_loss":
+        return min(candidates, key=lambda c: (c.point.dollars_per_1000, -c.point.quality))
+    return max(candidates, key=lambda c: (c.point.quality, -c.point.dollars_per_1000))
+
+
+def _candidates(
+    predictions: Predictions,
+    scored: Sequence[_Scored],
+    cost: CostModel,
+    target: Target,
+    value: float,
+    confidence_level: float | None,
+) -> tuple[list[_Candidate], dict[str, float | None]]:
+    """Each rule's cheapest (or best) point for the target on ``predictions``; None where none meets it."""
+    met: list[_Candidate] = []
+    dollars: dict[str, float | None] = {}
+    for candidate in scored:
+        outcomes = predictions.outcomes(candidate.scores)
+        try:
+            point = choose_threshold(outcomes, cost, target, value, confidence=confidence_level)
+        except ValueError:
+            dollars[candidate.name] = None
+            continue
+        dollars[candidate.name] = point.dollars_per_1000
+        met.append(_Candidate(candidate.name, point, outcomes, candidate.signal, candidate.rule))
+    return met, dollars
+
+
 def calibrate(
     predictions: Predictions,
     target: Target,
@@ -160,33 +172,62 @@ def calibrate(
     *,
     student_price: float = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR,
     teacher_price: float = DEFAULT_GPU_NODE_DOLLARS_PER_HOUR,
-    signals: tuple[Signal, ...] = tuple(Signal),
+    signals: tuple[Signal, ...] = CLOSED_FORM_SIGNALS,
+    rule: RuleMode = "auto",
+    confidence_level: float | None = DEFAULT_CONFIDENCE,
+    seed: int = RULE_SPLIT_SEED,
 ) -> CalibrationReport:
-    """Fit the temperature, then the best (signal, threshold) for the target; return the full report."""
+    """Temperature, rule and threshold for the target (see the module's docstring); the full report.
+
+    ``confidence_level``: one-sided confidence of the quality-loss bound (None: the point estimate).
+    Raises ValueError when no rule meets the target, or a learned rule is demanded of too few texts.
+    """
     cost = cost_model(predictions, student_price=student_price, teacher_price=teacher_price)
+    enough = len(predictions.texts) >= MIN_RULE_TEXTS
+    if rule == "learned" and not enough:
+        raise ValueError(
+            f"a learned rule needs at least {MIN_RULE_TEXTS} calibration texts, got {len(predictions.texts)}"
+        )
+    temperature = _temperature(predictions)
+    probabilities = predictions.student_probabilities(temperature)
+    scored: list[_Scored] = []
+    if rule != "learned":  # closed-form first: on a tie the simpler rule wins
+        scored += [_Scored(signal.value, signal, None, confidence(probabilities, signal)) for signal in signals]
+    if rule != "signals" and enough:
+        features = deferral_features(probabilities, predictions.text_lengths)
+        for kind in DeferralTarget:
+            keep = keep_labels(*predictions.correctness(), kind)
+            learned, out_of_fold = cross_fitted_rule(features, keep, BASE_FEATURES, target=kind, seed=seed)
+            scored.append(_Scored(f"learned ({kind.value})", Signal.LEARNED, learned, out_of_fold))
+    met, dollars = _candidates(predictions, scored, cost, target, value, confidence_level)
+    if not met:
+        raise ValueError(f"no rule and threshold meet {target} = {value} on this calibration set")
+    winner = _best(met, target)
+    choice = None
+    if any(s.rule is not None for s in scored):
+        choice = RuleChoice(compared_on=len(predictions.texts), dollars_per_1000=dollars, kept=winner.name)
+    return _report(predictions, temperature, winner, cost, target, value, confidence_level, choice)
+
+
+def _report(
+    predictions: Predictions,
+    temperature: float,
+    winner: _Candidate,
+    cost: CostModel,
+    target: Target,
+    value: float,
+    confidence_level: float | None,
+    choice: RuleChoice | None,
+) -> CalibrationReport:
+    """The manifest's record for the winning rule; expectations from the texts its threshold was chosen on."""
     if predictions.gold is not None:
-        temperature = fit_temperature(predictions.student_logits, predictions.gold)
         ece_before = expected_calibration_error(softmax(predictions.student_logits), predictions.gold)
         ece_after = expected_calibration_error(softmax(predictions.student_logits, temperature), predictions.gold)
-    else:  # soft labels from the teacher stand in for gold when there is none
-        temperature = fit_temperature(predictions.student_logits, predictions.teacher_logits.argmax(axis=1))
-        ece_before = ece_after = float("nan")
-    candidates: list[tuple[Point, Signal, Outcomes]] = []
-    for signal in signals:
-        outcomes = outcomes_for(predictions, temperature, signal)
-        try:
-            candidates.append((choose_threshold(outcomes, cost, target, value), signal, outcomes))
-        except ValueError:
-            continue
-    if not candidates:
-        raise ValueError(f"no signal and threshold meet {target} = {value} on this dev set")
-    if target == "max_quality_loss":
-        chosen, signal, outcomes = min(candidates, key=lambda c: (c[0].dollars_per_1000, -c[0].quality))
     else:
-        chosen, signal, outcomes = max(candidates, key=lambda c: (c[0].quality, -c[0].dollars_per_1000))
+        ece_before = ece_after = float("nan")
     calibration = Calibration(
-        signal=signal,
-        threshold=chosen.threshold,
+        signal=winner.signal,
+        threshold=winner.point.threshold,
         target=CalibrationTarget(kind=target, value=value),
         quality_measure="accuracy" if predictions.gold is not None else "agreement_with_teacher",
         cost_model=MeasuredCost(
@@ -195,12 +236,21 @@ def calibrate(
             student_dollars_per_hour=cost.student_dollars_per_hour,
             teacher_dollars_per_hour=cost.teacher_dollars_per_hour,
         ),
-        expected=Expectation.model_validate(summary(outcomes, cost, chosen)),
-        reference_confidence=reference_histogram(outcomes.confidence),
+        expected=Expectation.model_validate(summary(winner.outcomes, cost, winner.point)),
+        reference_confidence=reference_histogram(winner.outcomes.confidence),
+        confidence=confidence_level if target == "max_quality_loss" else None,
+        rule=LearnedRule.from_rule(winner.rule) if winner.rule is not None else None,
+        rule_choice=choice,
     )
     return CalibrationReport(
         temperature=temperature, ece_before=ece_before, ece_after=ece_after, calibration=calibration
     )
+
+
+def policy_from(calibration: Calibration, temperature: float) -> CascadePolicy:
+    """The policy a manifest's calibration describes (what the gateway serves with, config aside)."""
+    rule = calibration.rule.to_rule() if calibration.rule is not None else None
+    return CascadePolicy(calibration.threshold, calibration.signal, temperature, rule)
 
 
 def fit_teacher_temperature(teacher_folder: Path, dev_path: str | Path, *, max_length: int = 64) -> float:
@@ -223,64 +273,24 @@ def write_calibration(student_folder: Path, report: CalibrationReport) -> None:
     write_manifest(student_folder, updated)
 
 
-def curve(
-    predictions: Predictions,
-    *,
-    temperature: float,
-    signal: Signal,
-    cost: CostModel,
-    chosen_threshold: float | None = None,
-) -> dict[str, Any]:
-    outcomes = outcomes_for(predictions, temperature, signal)
-    points = sweep(outcomes, cost)
-    chosen = outcomes.at(chosen_threshold, cost) if chosen_threshold is not None else None
-    result: dict[str, Any] = {
-        "quality_measure": "accuracy" if predictions.gold is not None else "agreement_with_teacher",
-        "signal": signal.value,
-        "temperature": temperature,
-        "points": [p.as_dict() for p in points],
-        "oracle_points": [p.as_dict() for p in oracle_curve(outcomes, cost)],
-        **reference_points(outcomes, cost),
-    }
-    if chosen is not None:
-        result["chosen"] = summary(outcomes, cost, chosen)
-    if predictions.gold is not None:  # agreement curve alongside accuracy
-        agreement = outcomes_for(dataclasses.replace(predictions, gold=None), temperature, signal)
-        result["agreement_points"] = [p.as_dict() for p in sweep(agreement, cost)]
-    return result
+def seen_in_training(data_path: str | Path, *models: ModelRef) -> list[str]:
+    """Warnings for each model whose manifest says ``data_path`` trained or early-stopped it.
 
-
-def plot_curve(result: dict[str, Any], path: Path, title: str) -> None:
-    plt = pyplot()
-
-    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=120)
-    curves = [
-        ("points", f"cascade ({result['quality_measure']})", {}),
-        ("agreement_points", "cascade (agreement with teacher)", {"linestyle": "--"}),
-        # the cheapest routing at each accuracy, knowing every answer
-        ("oracle_points", "oracle (cheapest at each accuracy)", {"linestyle": ":", "color": "grey"}),
-    ]
-    for key, label, style in curves:
-        if key in result:
-            points = result[key]
-            axis.plot([p["dollars_per_1000"] for p in points], [p["quality"] for p in points], label=label, **style)
-    references = [("teacher only", result["teacher_only"], "s"), ("student only", result["student_only"], "o")]
-    references.append(("oracle", result["oracle"], "*"))
-    if "chosen" in result:
-        chosen = result["chosen"]
-        references.append(("random, same escalation", chosen["random_at_same_escalation"], "x"))
-        references.append(("chosen τ", chosen["chosen"], "D"))
-    for name, point, marker in references:
-        axis.scatter([point["dollars_per_1000"]], [point["quality"]], marker=marker, s=60, label=name, zorder=3)
-    axis.set_xlabel("dollars per 1,000 requests")
-    axis.set_ylabel(result["quality_measure"])
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
+    Thresholds chosen on such data promise too much: on it the student looks closer to the teacher
+    than it is on new traffic.
+    """
+    target = Path(data_path).resolve()
+    warnings = []
+    for model in models:
+        training = model.manifest.training if model.manifest is not None else {}
+        for step, word in (("dev", "early-stopped"), ("train", "trained")):
+            source = (training.get(step) or {}).get("source")
+            if source and Path(source).resolve() == target:
+                warnings.append(
+                    f"{data_path} {word} {model.version}: calibrating on it overstates what the cascade "
+                    "keeps on new traffic; use a file no training step saw (cascade split keeps one aside)"
+                )
+    return warnings
 
 
 def calibrate_artifacts(
@@ -294,10 +304,23 @@ def calibrate_artifacts(
     threads: int = 1,
     student_price: float = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR,
     teacher_price: float = DEFAULT_GPU_NODE_DOLLARS_PER_HOUR,
+    rule: RuleMode = "auto",
+    confidence_level: float | None = DEFAULT_CONFIDENCE,
 ) -> CalibrationReport:
     teacher_ref, student_ref = resolve_model(teacher), resolve_model(student)
+    warnings = seen_in_training(dev_path, teacher_ref, student_ref)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     predictions = predict(teacher_ref, student_ref, dev_path, threads=threads)
-    report = calibrate(predictions, target, value, student_price=student_price, teacher_price=teacher_price)
+    report = calibrate(
+        predictions,
+        target,
+        value,
+        student_price=student_price,
+        teacher_price=teacher_price,
+        rule=rule,
+        confidence_level=confidence_level,
+    ).model_copy(update={"warnings": warnings})
     if write:
         write_calibration(Path(student_ref.location), report)
     return report

@@ -6,6 +6,7 @@ Every problem names the file and the line, so a bad row in a 15k-line file is fo
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +76,22 @@ def read_jsonl(
     if not texts:
         raise DataError(str(path), 0, "no rows")
     return Dataset(texts, labels, str(path))
+
+
+def split_jsonl(path: str | Path, held_rows: int, seed: int, into: str | Path) -> tuple[Path, Path]:
+    """Split a JSONL file into (rest, held) with ``held_rows`` lines drawn at random (seeded).
+
+    Writes ``<stem>.rest.jsonl`` and ``<stem>.held.jsonl`` into ``into``; the lines are copied verbatim, so
+    nothing about a row changes but the file it lives in. Used to keep data aside that training never sees
+    (an early-stopping slice, a calibration split).
+    """
+    path, into = Path(path), Path(into)
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not 0 < held_rows < len(lines):
+        raise DataError(str(path), 0, f"cannot hold out {held_rows} of {len(lines)} rows (need 0 < held < rows)")
+    held = set(random.Random(seed).sample(range(len(lines)), held_rows))
+    into.mkdir(parents=True, exist_ok=True)
+    rest_path, held_path = into / f"{path.stem}.rest.jsonl", into / f"{path.stem}.held.jsonl"
+    rest_path.write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in held), encoding="utf-8")
+    held_path.write_text("".join(line + "\n" for i, line in enumerate(lines) if i in held), encoding="utf-8")
+    return rest_path, held_path

@@ -387,12 +387,18 @@ def _evaluate(
     calibration_rows: np.ndarray,
 ) -> Evaluation:
     """Measure both students on the held-back slice; calibrate the candidate on ``calibration_rows`` of it."""
-    from distill.calibrate import calibrate, predict, write_calibration
+    from distill.calibrate import calibrate, write_calibration
+    from distill.predictions import predict
     from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
     from serving.model_ref import resolve_model
 
     teacher = resolve_model(teacher_path)
     price = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+    previous = resolve_model(str(current)).manifest
+    previous_calibration = previous.calibration if previous is not None else None
+    # The same kind of rule as the student it would replace: learned stays learned, closed-form stays closed-form.
+    learned = previous_calibration is not None and previous_calibration.rule is not None
+    rule_confidence = previous_calibration.confidence if previous_calibration is not None else None
     measured: dict[str, StudentMeasurement] = {}
     sample_size, sample_kind = 0, "held-back slice"
     for who, folder in (("candidate", candidate), ("current", current)):
@@ -414,7 +420,13 @@ def _evaluate(
         sample_kind = "traffic-weighted" if enough and settings.shadow_rate else "held-back slice"
         try:
             report = calibrate(
-                sample, "max_quality_loss", settings.max_quality_loss, student_price=price, teacher_price=price
+                sample,
+                "max_quality_loss",
+                settings.max_quality_loss,
+                student_price=price,
+                teacher_price=price,
+                rule="learned" if learned else "signals",
+                confidence_level=rule_confidence,
             )
         except ValueError as error:
             measured[who] = StudentMeasurement(**base, calibration_error=str(error))

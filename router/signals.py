@@ -25,6 +25,8 @@ class Signal(StrEnum):
     """Top-1 minus top-2 probability, in [0, 1]."""
     ENTROPY = "entropy"
     """Negative entropy normalised by log(k), shifted into [0, 1]: 1 = one-hot, 0 = uniform."""
+    LEARNED = "learned"
+    """A learned deferral rule's P(keep) (``router.deferral``): needs the rule's weights, not just probabilities."""
 
 
 def _as_logits(logits: ArrayLike) -> FloatArray:
@@ -70,4 +72,11 @@ _SIGNALS = {
 def confidence(probs: ArrayLike, signal: Signal | str = Signal.MAX_PROB) -> FloatArray:
     """Score each row of ``probs`` with ``signal``; all signals lie in [0, 1]."""
     array = _as_logits(probs)
-    return _SIGNALS[Signal(signal)](array)
+    chosen = Signal(signal)
+    if chosen not in _SIGNALS:
+        raise ValueError(f"signal {chosen.value!r} needs a learned rule: use CascadePolicy with rule=")
+    return _SIGNALS[chosen](array)
+
+
+CLOSED_FORM_SIGNALS = tuple(_SIGNALS)
+"""The signals computed from probabilities alone."""

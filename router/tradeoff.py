@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
+from router.bounds import paired_gap_upper_bound
 from router.cost import CostModel
 
 Target = Literal["max_quality_loss", "max_escalation", "max_cost", "escalation_share"]
@@ -33,6 +34,8 @@ class Point:
     quality: float
     """Cascade accuracy (gold labels) or agreement with the teacher (without)."""
     dollars_per_1000: float
+    quality_loss_bound: float = float("nan")
+    """Upper confidence bound of teacher − cascade accuracy (a share), when the sweep was asked for one."""
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -68,11 +71,17 @@ class Outcomes:
     def student_quality(self) -> float:
         return float(self.student_correct.mean())
 
-    def at(self, threshold: float, cost: CostModel) -> Point:
+    def at(self, threshold: float, cost: CostModel, *, confidence: float | None = None) -> Point:
+        """The cascade escalating ``confidence < threshold``; with ``confidence``, its quality-loss bound too."""
         escalate = self.confidence < threshold
         quality = float(np.where(escalate, self.teacher_correct, self.student_correct).mean())
         rate = float(escalate.mean())
-        return Point(threshold, rate, quality, cost.per_thousand(cost.cascade_dollars(rate)))
+        bound = float("nan")
+        if confidence is not None:
+            kept, s, t = ~escalate, self.student_correct, self.teacher_correct
+            worse, better = int((kept & t & ~s).sum()), int((kept & s & ~t).sum())
+            bound = float(paired_gap_upper_bound(worse, better, self.size, confidence, kept=int(kept.sum())))
+        return Point(threshold, rate, quality, cost.per_thousand(cost.cascade_dollars(rate)), bound)
 
 
 def candidate_thresholds(confidence: np.ndarray) -> list[float]:
@@ -81,25 +90,42 @@ def candidate_thresholds(confidence: np.ndarray) -> list[float]:
     return [0.0, *np.unique(confidence).tolist(), math.nextafter(1.0, 2.0)]
 
 
-def sweep(outcomes: Outcomes, cost: CostModel) -> list[Point]:
+def _prefix_sums(flags: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(flags)])
+
+
+def sweep(outcomes: Outcomes, cost: CostModel, *, confidence: float | None = None) -> list[Point]:
     """``outcomes.at(t)`` for every candidate threshold, in O(n log n): sort once, then cumulative sums.
 
     With the confidences sorted, "escalate when confidence < t" escalates a prefix of length
     ``k = searchsorted(t)``; the cascade is right on a text when the teacher is (inside the prefix)
-    or the student is (outside), so each point's quality is two prefix sums.
+    or the student is (outside), so each point's quality is two prefix sums. With ``confidence``, each
+    point also carries the upper bound of its gap to the teacher (``router.bounds``): the texts where
+    only one of cascade and teacher is right are, again, counts outside the prefix.
     """
     order = np.argsort(outcomes.confidence, kind="stable")
-    confidence = outcomes.confidence[order]
-    teacher_right = np.concatenate([[0], np.cumsum(outcomes.teacher_correct[order])])
-    student_right = np.concatenate([[0], np.cumsum(outcomes.student_correct[order])])
+    scores = outcomes.confidence[order]
+    student, teacher = outcomes.student_correct[order], outcomes.teacher_correct[order]
+    teacher_right, student_right = _prefix_sums(teacher), _prefix_sums(student)
+    only_teacher, only_student = _prefix_sums(teacher & ~student), _prefix_sums(student & ~teacher)
     thresholds = np.asarray(candidate_thresholds(outcomes.confidence))
-    escalated = np.searchsorted(confidence, thresholds, side="left")
+    escalated = np.searchsorted(scores, thresholds, side="left")
     n = outcomes.size
     quality = (teacher_right[escalated] + student_right[-1] - student_right[escalated]) / n
     rates = escalated / n
+    if confidence is None:
+        bounds = np.full(thresholds.shape, np.nan)
+    else:
+        bounds = paired_gap_upper_bound(
+            only_teacher[-1] - only_teacher[escalated],
+            only_student[-1] - only_student[escalated],
+            n,
+            confidence,
+            kept=n - escalated,
+        )
     return [
-        Point(float(t), float(rate), float(q), cost.per_thousand(cost.cascade_dollars(float(rate))))
-        for t, rate, q in zip(thresholds, rates, quality, strict=True)
+        Point(float(t), float(rate), float(q), cost.per_thousand(cost.cascade_dollars(float(rate))), float(b))
+        for t, rate, q, b in zip(thresholds, rates, quality, bounds, strict=True)
     ]
 
 
@@ -145,10 +171,15 @@ def random_routing(outcomes: Outcomes, escalation_rate: float, cost: CostModel) 
     return Point(float("nan"), escalation_rate, quality, cost.per_thousand(cost.cascade_dollars(escalation_rate)))
 
 
-def choose_threshold(outcomes: Outcomes, cost: CostModel, target: Target, value: float) -> Point:
+def choose_threshold(
+    outcomes: Outcomes, cost: CostModel, target: Target, value: float, *, confidence: float | None = None
+) -> Point:
     """The threshold that meets ``target`` at ``value``:
 
     - ``max_quality_loss``: quality at most ``value`` points (percent) below the teacher's, lowest cost;
+      with ``confidence``, the *upper bound* of the gap at that one-sided confidence must be within
+      ``value`` (``router.bounds``), so the promise holds on new traffic with that probability rather
+      than half the time;
     - ``max_escalation``: escalation rate at most ``value`` (0–1), best quality;
     - ``max_cost``: at most ``value`` dollars per 1,000 requests, best quality;
     - ``escalation_share``: escalate the least confident share ``value`` (0–1) of requests, as near
@@ -157,10 +188,13 @@ def choose_threshold(outcomes: Outcomes, cost: CostModel, target: Target, value:
       is what a small or easy dev set needs to still send the unusual text to the teacher.
     Ties go to the cheaper point. Raises ValueError when no threshold meets the target.
     """
-    points = sweep(outcomes, cost)
+    points = sweep(outcomes, cost, confidence=confidence)
     if target == "max_quality_loss":
         floor = outcomes.teacher_quality - value / 100
-        feasible = [p for p in points if p.quality >= floor - 1e-12]
+        if confidence is None:
+            feasible = [p for p in points if p.quality >= floor - 1e-12]
+        else:
+            feasible = [p for p in points if p.quality_loss_bound <= value / 100 + 1e-12]
         best = min(feasible, key=lambda p: (p.dollars_per_1000, -p.quality), default=None)
     elif target == "max_escalation":
         feasible = [p for p in points if p.escalation_rate <= value + 1e-12]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from router import Signal
+from router.deferral import DeferralRule, DeferralTarget
 from serving.errors import ArtifactError
 from serving.vocabulary import Role
 
@@ -45,8 +46,10 @@ class CurvePoint(_Record):
     escalation_rate: float
     quality: float
     dollars_per_1000: float
+    quality_loss_bound: float | None = None
+    """Upper confidence bound of the gap to the teacher (a share), where calibration computed one."""
 
-    _no_nan = field_validator("threshold", mode="before")(_nan_to_none)
+    _no_nan = field_validator("threshold", "quality_loss_bound", mode="before")(_nan_to_none)
 
 
 class QualityCost(_Record):
@@ -91,6 +94,41 @@ class ConfidenceHistogram(_Record):
     shares: list[float]
 
 
+class LearnedRule(_Record):
+    """A learned deferral rule's weights (``router.deferral.DeferralRule``), as stored."""
+
+    feature_names: list[str]
+    mean: list[float]
+    scale: list[float]
+    weights: list[float]
+    bias: float
+    target: Literal["teacher_better", "student_wrong"]
+
+    def to_rule(self) -> DeferralRule:
+        return DeferralRule(
+            feature_names=tuple(self.feature_names),
+            mean=tuple(self.mean),
+            scale=tuple(self.scale),
+            weights=tuple(self.weights),
+            bias=self.bias,
+            target=DeferralTarget(self.target),
+        )
+
+    @classmethod
+    def from_rule(cls, rule: DeferralRule) -> LearnedRule:
+        return cls.model_validate(rule.as_dict())
+
+
+class RuleChoice(_Record):
+    """Why calibration kept the rule it kept: each candidate's cost at the target on the selection part."""
+
+    compared_on: int
+    """Calibration texts every candidate was judged on (a learned rule's scores out of fold: cross-fitted)."""
+    dollars_per_1000: dict[str, float | None]
+    """Per candidate (a closed-form signal or ``learned``): cost at the target, None where it was not met."""
+    kept: str
+
+
 class Calibration(_Record):
     """The cascade rule ``cascade calibrate`` chose for a student, stored in its manifest.
 
@@ -105,6 +143,11 @@ class Calibration(_Record):
     expected: Expectation
     cost_model: MeasuredCost
     reference_confidence: ConfidenceHistogram | None = None
+    confidence: float | None = None
+    """One-sided confidence of the quality-loss bound the threshold was chosen on (None: point estimate)."""
+    rule: LearnedRule | None = None
+    """The learned rule's weights when ``signal`` is ``learned``."""
+    rule_choice: RuleChoice | None = None
 
     @property
     def expected_escalation_rate(self) -> float:

@@ -57,7 +57,7 @@ async def run_cascade(
     """Classify ``texts`` in order. ``confidence`` is the policy's signal for the model that answered."""
     if route == "teacher":
         teacher_logits = await teacher(texts)
-        verdict = CascadePolicy(0.0, policy.signal, teacher_temperature).judge(teacher_logits)
+        verdict = policy.for_teacher(teacher_temperature).judge(teacher_logits)
         results = [
             _result(labels, verdict.probabilities[i], "teacher", False, verdict.confidence[i])
             for i in range(len(texts))
@@ -65,7 +65,7 @@ async def run_cascade(
         return CascadeOutcome(results, None, teacher_logits, list(range(len(texts))))
 
     student_logits = await student(texts)
-    verdict = policy.judge(student_logits)
+    verdict = policy.judge(student_logits, [len(text) for text in texts])
     results = [
         _result(labels, verdict.probabilities[i], "student", False, verdict.confidence[i]) for i in range(len(texts))
     ]
@@ -74,7 +74,7 @@ async def run_cascade(
 
     rows = [int(i) for i in np.flatnonzero(verdict.escalate)]
     teacher_logits = await teacher([texts[i] for i in rows])
-    teacher_verdict = CascadePolicy(0.0, policy.signal, teacher_temperature).judge(teacher_logits)
+    teacher_verdict = policy.for_teacher(teacher_temperature).judge(teacher_logits)
     for position, row in enumerate(rows):
         results[row] = _result(
             labels,

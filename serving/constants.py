@@ -95,3 +95,7 @@ def apply_ray_environment_defaults() -> None:
     """Set our Ray defaults where the user has not set them already."""
     for name, value in RAY_ENVIRONMENT_DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+DEFAULT_CALIBRATION_CONFIDENCE = 0.9
+"""``cascade calibrate``: one-sided confidence that the quality-loss target holds on new traffic."""

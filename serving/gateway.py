@@ -280,6 +280,9 @@ class Gateway:
                 "signal": self._policy.signal.value,
                 "threshold": self._policy.threshold,
                 "temperature": self._policy.temperature,
+                "learned_rule": None
+                if self._policy.rule is None
+                else {"target": self._policy.rule.target.value, "features": list(self._policy.rule.feature_names)},
                 "source": self._in_force.source,
                 "expected_escalation_rate": self._in_force.expected_escalation_rate,
             },

@@ -14,6 +14,7 @@ from router import CascadePolicy, Signal
 from serving import constants as c
 from serving.artifact import Calibration, ConfidenceHistogram
 from serving.config import CascadeSettings
+from serving.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,17 @@ def policy_in_force(
         threshold = settings.threshold
     else:
         threshold = calibration.threshold if calibration else c.DEFAULT_THRESHOLD
-    policy = CascadePolicy(threshold=threshold, signal=signal, temperature=settings.temperature or student_temperature)
+    rule = None
+    if signal is Signal.LEARNED:
+        if calibration is None or calibration.rule is None:
+            raise ConfigError(
+                "cascade.signal: 'learned' needs a student calibrated with a learned rule "
+                "(cascade calibrate --rule learned); the others are max_prob, margin, entropy"
+            )
+        rule = calibration.rule.to_rule()
+    policy = CascadePolicy(
+        threshold=threshold, signal=signal, temperature=settings.temperature or student_temperature, rule=rule
+    )
     configured = settings.signal is not None or settings.threshold is not None
     if calibration is None:
         return PolicyInForce(policy, "config" if configured else "defaults", None, None)

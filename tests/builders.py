@@ -9,8 +9,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from serving.vocabulary import Role
+
+if TYPE_CHECKING:
+    from distill.predictions import Predictions
 
 LABELS = ["balance", "card", "greeting"]
 TEXTS = [
@@ -112,3 +118,27 @@ def ambiguous_texts(first: str, second: str, n: int, seed: int) -> list[str]:
         rng.shuffle(words)
         texts.append(" ".join(words))
     return texts
+
+
+def synthetic_predictions(n: int, seed: int, *, length_matters: bool) -> Predictions:
+    """4 classes; the teacher is right 95% of the time. With ``length_matters`` the student fails on long
+    texts however sure it looks; otherwise its errors follow its own confidence."""
+    rng = np.random.default_rng(seed)
+    gold = rng.integers(0, 4, n)
+    lengths = rng.integers(5, 200, n)
+    sureness = rng.random(n)
+    if length_matters:
+        student_right = rng.random(n) < np.where(lengths > 160, 0.15, 0.99)
+    else:
+        student_right = rng.random(n) < 0.55 + 0.45 * sureness
+    student_label = np.where(student_right, gold, (gold + rng.integers(1, 4, n)) % 4)
+    student_logits = rng.normal(0, 0.3, (n, 4))
+    student_logits[np.arange(n), student_label] += 1 + 4 * sureness
+    teacher_right = rng.random(n) < 0.95
+    teacher_label = np.where(teacher_right, gold, (gold + 1) % 4)
+    teacher_logits = np.zeros((n, 4))
+    teacher_logits[np.arange(n), teacher_label] = 5.0
+    texts = ["w" * int(length) for length in lengths]
+    from distill.predictions import Predictions
+
+    return Predictions(texts, gold, teacher_logits, student_logits, teacher_seconds=0.01, student_seconds=0.001)

@@ -59,3 +59,30 @@ def test_curve_json_and_png(tiny_pair: TinyPair, student_copy: Path, tmp_path: P
     assert result["oracle"]["quality"] >= max(qualities) - 1e-9  # nothing beats the oracle
     assert result["chosen"]["chosen"]["quality"] >= result["teacher_only"]["quality"] - 1e-9
     assert output.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibrate_states_its_bound_and_confidence(
+    tiny_pair: TinyPair, student_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--teacher", str(tiny_pair.teacher), "--student", str(student_copy), "--data", str(tiny_pair.data)]
+    assert main(["calibrate", *args, "--max-quality-loss", "5", "--confidence", "0.8"]) == 0
+    printed = capsys.readouterr().out
+    assert "with 80% confidence (one-sided)" in printed
+    manifest = read_manifest(student_copy)
+    assert manifest.calibration is not None and manifest.calibration.confidence == 0.8
+    assert main(["calibrate", *args, "--max-quality-loss", "5", "--point-estimate", "--dry-run"]) == 0
+    assert "point estimate" in capsys.readouterr().out
+    assert main(["calibrate", *args, "--max-quality-loss", "5", "--confidence", "1.2"]) == 2
+    assert "--confidence must be" in capsys.readouterr().err
+
+
+def test_split_holds_rows_out_of_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "labelled.jsonl"
+    rows = [json.dumps({"text": f"text {i}", "label": "a" if i % 2 else "b"}) for i in range(50)]
+    data.write_text("\n".join(rows) + "\n")
+    assert main(["split", "--data", str(data), "--held", "10", "--into", str(tmp_path / "split")]) == 0
+    held = (tmp_path / "split" / "labelled.held.jsonl").read_text().splitlines()
+    rest = (tmp_path / "split" / "labelled.rest.jsonl").read_text().splitlines()
+    assert len(held) == 10 and len(rest) == 40 and sorted(held + rest) == sorted(rows)
+    assert main(["split", "--data", str(data), "--held", "50", "--into", str(tmp_path / "split")]) == 2
+    assert "cannot hold out 50 of 50 rows" in capsys.readouterr().err

@@ -158,8 +158,8 @@ def test_the_sweep_equals_the_point_by_point_definition(rows: int) -> None:
     student, teacher = rng.random(rows) < confidence, rng.random(rows) < 0.9
     outcomes = Outcomes.from_arrays(confidence, student, teacher)
     cost = CostModel(0.001, 0.01)
-    points = sweep(outcomes, cost)
+    points = sweep(outcomes, cost, confidence=0.9)
     assert len(points) == len(np.unique(confidence)) + 2
     for point in [points[0], points[-1], *(points[int(i)] for i in rng.integers(0, len(points), size=20))]:
-        assert point == outcomes.at(point.threshold, cost)
+        assert point == outcomes.at(point.threshold, cost, confidence=0.9)
     assert points[0].escalation_rate == 0.0 and points[-1].escalation_rate == 1.0

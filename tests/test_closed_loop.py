@@ -21,7 +21,8 @@ import pytest
 
 from benchmarks.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
 from distill.build import BuildOptions, distill_student, finetune_teacher
-from distill.calibrate import calibrate, predict, write_calibration
+from distill.calibrate import calibrate, write_calibration
+from distill.predictions import predict
 from distill.redistill import RedistillReport, RedistillSettings, run_redistill
 from distill.training import TrainSettings
 from router.signals import Signal

@@ -66,6 +66,7 @@ def test_threshold_change_applies_live(gateway: tuple[str, dict[str, Any]]) -> N
         "signal": "margin",
         "threshold": 1.5,
         "temperature": 1.0,
+        "learned_rule": None,
         "source": "config",  # the tiny student is uncalibrated: nothing to expect, the config decides
         "expected_escalation_rate": None,
     }
@@ -97,7 +98,53 @@ def test_gateway_serves_with_the_students_calibration(
         "signal": manifest.calibration.signal,
         "threshold": manifest.calibration.threshold,
         "temperature": manifest.temperature,
+        "learned_rule": None,
         "source": "calibration",
         "expected_escalation_rate": manifest.calibration.expected_escalation_rate,
     }
     assert manifest.temperature != 1.0
+
+
+def test_gateway_serves_a_learned_deferral_rule_from_the_manifest(
+    gateway: tuple[str, dict[str, Any]], tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A student calibrated with a learned rule: the gateway escalates exactly where the rule says so."""
+    import shutil
+
+    import numpy as np
+    from ray import serve
+
+    from distill.calibrate import calibrate, policy_from, write_calibration
+    from serving.application import build_app
+    from serving.artifact import read_manifest
+    from serving.backends import load_backend
+    from serving.model_ref import resolve_model
+    from tests.builders import synthetic_predictions
+
+    url, config = gateway
+    student = shutil.copytree(tiny_pair.student, tmp_path_factory.mktemp("learned") / "student")
+    # The rule's features do not depend on the number of classes: fitted on synthetic outputs, it scores any student.
+    report = calibrate(synthetic_predictions(600, 5, length_matters=True), "max_quality_loss", 1.0, rule="learned")
+    write_calibration(student, report)
+    manifest = read_manifest(student)
+    assert manifest.calibration is not None and manifest.calibration.rule is not None
+    offline = policy_from(manifest.calibration, manifest.temperature)
+    logits = load_backend(resolve_model(str(student))).logits(TEXTS)
+    scores = offline.judge(logits, [len(t) for t in TEXTS]).confidence
+    threshold = float(np.median(scores))  # the config moves the threshold; the rule stays the calibrated one
+    learned_config = {
+        **config,
+        "cascade": {"threshold": threshold},
+        "student": {**config["student"], "model": str(student)},
+    }
+    serve.run(build_app(parse_config(learned_config)), name=APP, route_prefix="/")
+    cascade = httpx.get(f"{url}/v1/models").json()["cascade"]
+    assert cascade["signal"] == "learned" and cascade["threshold"] == threshold
+    rule = manifest.calibration.rule
+    assert cascade["learned_rule"] == {"target": rule.target, "features": rule.feature_names}
+    results = _classify(url, {"inputs": TEXTS})["results"]
+    assert [r["escalated"] for r in results] == (scores < threshold).tolist()
+    assert 0 < sum(r["escalated"] for r in results) < len(TEXTS)
+    for result, score in zip(results, scores, strict=True):
+        if not result["escalated"]:
+            assert result["confidence"] == pytest.approx(score, abs=1e-5)

@@ -27,7 +27,9 @@ def _benchmark_cascade(args: argparse.Namespace) -> int:
     names = args.datasets_only.split(",") if args.datasets_only else list(PLANS)
     results = earlier_results(args.output, "cascade")
     for name in names:
-        results = merge_results(results, run_cascade_dataset(name, args.datasets, args.work, args.output, args.threads))
+        results = merge_results(
+            results, run_cascade_dataset(name, args.datasets, args.work, args.output, args.threads, args.seeds)
+        )
         write_cascade_report(results, invocation(), args.output)
     print(f"results in {args.output}/cascade.md")
     return 0
@@ -94,6 +96,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "benchmark-cascade", help="calibrate the benchmark's students and measure the cascade on held-out dev data"
     )
     add_dataset_selection(cascade, output_help="where cascade.{md,json} and the curves go")
+    cascade.add_argument("--seeds", type=int, default=10, help="random halvings of dev to repeat on (default 10)")
     cascade.set_defaults(func=_benchmark_cascade)
 
     loop = commands.add_parser(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.cli.common import add_price_arguments
+from serving.constants import DEFAULT_CALIBRATION_CONFIDENCE as DEFAULT_CONFIDENCE
 from serving.errors import CascadeError
 
 
@@ -47,6 +48,24 @@ def _finetune(args: argparse.Namespace) -> int:
         args.train, args.output, _build_options(args, "teacher"), base_model=args.base_model, dev_path=args.dev
     )
     print(f"teacher {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
+    _say_what_to_calibrate_on(args.dev)
+    return 0
+
+
+def _say_what_to_calibrate_on(dev: Path | None) -> None:
+    """Early stopping chose this model on ``dev``: thresholds chosen there would promise too much."""
+    if dev is not None:
+        print(
+            f"{dev} early-stopped this model: calibrate on a file no training step saw "
+            "(cascade split --data <labelled.jsonl> --held <N> --into <dir> keeps one aside)"
+        )
+
+
+def _split(args: argparse.Namespace) -> int:
+    from distill.data import split_jsonl
+
+    rest, held = split_jsonl(args.data, args.held, args.seed, args.into)
+    print(f"{held}: {args.held} rows held out (seed {args.seed}); {rest}: the rest, to train and early-stop on")
     return 0
 
 
@@ -65,6 +84,7 @@ def _distill(args: argparse.Namespace) -> int:
         use_hard_labels=not args.soft_only,
     )
     print(f"student {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
+    _say_what_to_calibrate_on(args.dev)
     return 0
 
 
@@ -86,6 +106,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             "name exactly one target: --max-quality-loss, --max-escalation, --max-cost or --escalation-share"
         )
     ((target, value),) = targets
+    if not 0.5 <= args.confidence < 1:
+        raise CascadeError(f"--confidence must be at least 0.5 and below 1, got {args.confidence}")
     report = calibrate_artifacts(
         args.teacher,
         args.student,
@@ -96,17 +118,37 @@ def _calibrate(args: argparse.Namespace) -> int:
         threads=args.threads,
         student_price=args.student_price,
         teacher_price=args.teacher_price,
+        rule=args.rule,
+        confidence_level=None if args.point_estimate else args.confidence,
     )
+    calibration = report.calibration
     expected = report.expected
     chosen = expected.chosen
     low, high = expected.escalation_rate_95ci
     q_low, q_high = expected.quality_95ci
     ece = f" (ECE {report.ece_before:.4f} -> {report.ece_after:.4f})" if report.ece_before is not None else ""
     print(f"temperature {report.temperature:.3f}{ece}")
+    if calibration.rule_choice is not None:
+        costs = ", ".join(
+            f"{name} {'not met' if dollars is None else f'${dollars:.5f}'}"
+            for name, dollars in calibration.rule_choice.dollars_per_1000.items()
+        )
+        print(
+            f"rules compared on {calibration.rule_choice.compared_on} calibration texts, learned ones scored out "
+            f"of fold (cost per 1,000 at the target): {costs}; kept {calibration.rule_choice.kept}"
+        )
     print(f"signal {report.signal.value}, threshold {report.threshold:.4f} for {target} = {value}")
-    print(f"expected on live traffic ({expected.examples} dev examples, 95% intervals):")
+    print(f"expected on live traffic ({expected.examples} calibration texts, 95% intervals):")
     print(f"  escalation rate {chosen.escalation_rate:.3f} [{low:.3f}, {high:.3f}]")
-    print(f"  {report.calibration.quality_measure} {chosen.quality:.4f} [{q_low:.4f}, {q_high:.4f}]")
+    print(f"  {calibration.quality_measure} {chosen.quality:.4f} [{q_low:.4f}, {q_high:.4f}]")
+    gap = 100 * (expected.teacher_only.quality - chosen.quality)
+    if chosen.quality_loss_bound is not None and calibration.confidence is not None:
+        print(
+            f"  below the teacher by {gap:.2f} points here; at most {100 * chosen.quality_loss_bound:.2f} points "
+            f"with {calibration.confidence:.0%} confidence (one-sided)"
+        )
+    else:
+        print(f"  below the teacher by {gap:.2f} points here (point estimate: holds about half the time on new data)")
     teacher_only = expected.teacher_only
     print(f"  teacher only: {teacher_only.quality:.4f} at ${teacher_only.dollars_per_1000:.5f} per 1,000")
     print(f"  cost ${chosen.dollars_per_1000:.5f} per 1,000")
@@ -143,17 +185,24 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _write_curve(args: argparse.Namespace) -> int:
-    from distill.calibrate import cost_model, curve, plot_curve, predict
-    from router import Signal
+    from distill.calibrate import policy_from, rule_scores
+    from distill.curve import curve, plot_curve
+    from distill.predictions import cost_model, predict
+    from router import CascadePolicy, Signal
     from serving.model_ref import resolve_model
 
     teacher, student = resolve_model(args.teacher), resolve_model(args.student)
     predictions = predict(teacher, student, args.data, threads=args.threads, max_length=args.max_length)
     calibration = student.manifest.calibration if student.manifest is not None else None
+    policy = (
+        policy_from(calibration, student.temperature)
+        if calibration
+        else CascadePolicy(0.0, Signal.MAX_PROB, student.temperature)
+    )
     result = curve(
         predictions,
-        temperature=student.temperature,
-        signal=calibration.signal if calibration else Signal.MAX_PROB,
+        rule_scores(predictions, policy),
+        label=policy.signal.value,
         cost=cost_model(predictions, student_price=args.student_price, teacher_price=args.teacher_price),
         chosen_threshold=calibration.threshold if calibration else None,
     )
@@ -188,6 +237,15 @@ def _add_training_arguments(parser: argparse.ArgumentParser, *, epochs: int, lr:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    split = commands.add_parser(
+        "split", help="hold labelled rows out of training: a calibration file that no training step sees"
+    )
+    split.add_argument("--data", required=True, type=Path, help="labelled JSONL to split")
+    split.add_argument("--held", required=True, type=int, help="rows to hold out (drawn at random)")
+    split.add_argument("--into", required=True, type=Path, help="folder for <stem>.rest.jsonl and <stem>.held.jsonl")
+    split.add_argument("--seed", type=int, default=0)
+    split.set_defaults(func=_split)
+
     finetune = commands.add_parser("finetune", help="fine-tune a pretrained encoder into a teacher artifact")
     finetune.add_argument("--base-model", help="local folder or hub id (default: the packaged all-MiniLM-L6-v2)")
     _add_training_arguments(finetune, epochs=3, lr=1e-4)
@@ -226,12 +284,33 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     calibrate = commands.add_parser("calibrate", help="fit temperature and pick the signal and threshold for a target")
     calibrate.add_argument("--teacher", required=True)
     calibrate.add_argument("--student", required=True, help="its manifest receives the calibration")
-    calibrate.add_argument("--data", required=True, type=Path, help="dev JSONL (gold labels optional)")
+    calibrate.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="JSONL no training step saw, not the early-stopping --dev (gold labels optional; cascade split)",
+    )
     calibrate.add_argument("--max-quality-loss", type=float, help="points of accuracy below the teacher, at least cost")
     calibrate.add_argument("--max-escalation", type=float, help="share of requests sent to the teacher (0-1)")
     calibrate.add_argument("--max-cost", type=float, help="dollars per 1,000 requests")
     calibrate.add_argument(
         "--escalation-share", type=float, help="escalate this share (0-1) of the least confident requests"
+    )
+    calibrate.add_argument(
+        "--rule",
+        choices=["auto", "signals", "learned"],
+        default="auto",
+        help="auto (default): a learned deferral rule only where it beats max_prob/margin/entropy on texts it "
+        "was not fitted on; signals: closed-form only; learned: the learned rule",
+    )
+    calibrate.add_argument(
+        "--confidence",
+        type=float,
+        default=DEFAULT_CONFIDENCE,
+        help=f"one-sided confidence that the quality-loss target holds on new traffic (default {DEFAULT_CONFIDENCE})",
+    )
+    calibrate.add_argument(
+        "--point-estimate", action="store_true", help="choose on the measured loss itself (holds about half the time)"
     )
     calibrate.add_argument("--threads", type=int, default=1)
     calibrate.add_argument("--output", type=Path, help="also write the full report as JSON")
