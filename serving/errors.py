@@ -7,6 +7,7 @@
     ├── RequestError                the client's fault, a 4xx; never reaches a model
     │   ├── InvalidJSON             400: the body is not JSON
     │   ├── PayloadTooLarge         413: the body is over ``limits.max_body_bytes``
+    │   ├── UnsupportedMediaType    415: a body declared as something other than JSON
     │   ├── InvalidRequest          422: the body does not match the schema
     │   └── LimitExceeded           422: too many inputs, or a text too long
     └── ServiceError                ours, a 5xx; the message never leaks internals
@@ -67,6 +68,11 @@ class PayloadTooLarge(RequestError):
         super().__init__(f"request body is {actual} bytes; the limit (limits.max_body_bytes) is {limit}")
         self.limit = limit
         self.actual = actual
+
+
+class UnsupportedMediaType(RequestError):
+    error_type = "unsupported_media_type"
+    http_status = 415
 
 
 class InvalidRequest(RequestError):

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving import constants as c
 from serving.errors import CascadeError, Overloaded, error_response
 from serving.gateway import Gateway
-from serving.schemas import ClassifyRequest, ClassifyResponse, ErrorResponse
+from serving.schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, check_content_type
 
 logger = logging.getLogger("cascade.http")
 
@@ -94,7 +94,7 @@ _CLASSIFY_OPENAPI = {
     }
 }
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 413, 422, 503)
+    status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 503)
 }
 
 
@@ -122,6 +122,7 @@ class GatewayIngress(Gateway):
     async def classify(self, request: Request) -> dict[str, Any]:
         """Classify one text or a list of texts; the cascade decides who answers unless ``route`` says."""
         try:
+            check_content_type(request.headers.get("content-type"))
             self.check_declared_size(request.headers.get("content-length"))
             body = await _read_body(request, self.max_body_bytes)
             answer = await self.answer(body, request.headers.get("x-request-id", ""))

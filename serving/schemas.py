@@ -7,11 +7,12 @@ unit-tested without a server, and nothing invalid is ever queued for a model.
 from __future__ import annotations
 
 import json
+import unicodedata
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.config import LimitSettings
-from serving.errors import InvalidJSON, InvalidRequest, LimitExceeded, PayloadTooLarge
+from serving.errors import InvalidJSON, InvalidRequest, LimitExceeded, PayloadTooLarge, UnsupportedMediaType
 from serving.vocabulary import Role, Route
 
 
@@ -65,6 +66,15 @@ def check_body_size(declared_length: str | None, limits: LimitSettings) -> None:
         raise PayloadTooLarge(limits.max_body_bytes, length)
 
 
+def check_content_type(content_type: str | None) -> None:
+    """JSON bodies only: ``application/json`` or ``application/<x>+json``, with parameters; undeclared is JSON."""
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise UnsupportedMediaType(f"Content-Type {media or content_type!r} is not supported; send application/json")
+
+
 def _describe(error: ValidationError) -> str:
     item = error.errors()[0]
     where = ".".join(str(part) for part in item["loc"]) or "body"
@@ -79,14 +89,49 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {item['msg']}"
 
 
+MAX_INTEGER_DIGITS = 20
+"""The body has no integer field: a longer literal is refused before Python spends time converting it."""
+_ALLOWED_CONTROLS = {"\t", "\n", "\r"}
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise InvalidJSON(f"request body has an integer of {len(literal)} digits; at most {MAX_INTEGER_DIGITS}")
+    return int(literal)
+
+
+def _invisible(character: str) -> bool:
+    """Whitespace and format characters (zero-width space, BOM, joiners): nothing a model can read."""
+    return character.isspace() or unicodedata.category(character) == "Cf"
+
+
+def check_text(index: int, text: str) -> str:
+    """One input text, refused with a message naming the item or returned NFC-normalised.
+
+    Refused: lone surrogates (not encodable; a tokenizer would fail the whole batch), control characters
+    other than tab and newlines, and texts with nothing visible left (empty, spaces, zero-width, BOM).
+    """
+    for position, character in enumerate(text):
+        code = ord(character)
+        if 0xD800 <= code <= 0xDFFF:
+            raise InvalidRequest(f"inputs[{index}] has a lone surrogate U+{code:04X} at position {position}")
+        if unicodedata.category(character) == "Cc" and character not in _ALLOWED_CONTROLS:
+            raise InvalidRequest(f"inputs[{index}] has the control character U+{code:04X} at position {position}")
+    if all(_invisible(character) for character in text):
+        raise InvalidRequest(f"inputs[{index}] is empty (nothing but whitespace or invisible characters)")
+    return unicodedata.normalize("NFC", text)
+
+
 def parse_classify_request(body: bytes, limits: LimitSettings) -> ClassifyRequest:
     """Validate a ``POST /v1/classify`` body against the schema and the configured limits."""
     if len(body) > limits.max_body_bytes:
         raise PayloadTooLarge(limits.max_body_bytes, len(body))
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_int=_bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidJSON(f"request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidJSON("request body is nested too deeply; the schema needs two levels") from None
     if not isinstance(payload, dict):
         raise InvalidRequest(f"request body must be a JSON object, got {type(payload).__name__}")
     try:
@@ -99,12 +144,12 @@ def parse_classify_request(body: bytes, limits: LimitSettings) -> ClassifyReques
     if len(texts) > limits.max_inputs:
         raise LimitExceeded("number of inputs (limits.max_inputs)", limits.max_inputs, len(texts))
     for index, text in enumerate(texts):
-        if not text.strip():
-            raise InvalidRequest(f"inputs[{index}] is empty")
         if len(text) > limits.max_text_chars:
             raise LimitExceeded(
                 f"length of inputs[{index}] in characters (limits.max_text_chars)",
                 limits.max_text_chars,
                 len(text),
             )
-    return request
+    checked = [check_text(index, text) for index, text in enumerate(texts)]
+    inputs = checked[0] if isinstance(request.inputs, str) else checked
+    return request.model_copy(update={"inputs": inputs})

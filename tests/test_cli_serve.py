@@ -119,6 +119,12 @@ def test_bad_input_gets_its_4xx_and_the_next_request_succeeds(
     assert follow_up.status_code == 200
 
 
+def test_a_body_that_is_not_json_gets_415(server: Server) -> None:
+    form = httpx.post(f"{server.url}/v1/classify", data={"inputs": "hi"}, timeout=30)  # what curl -d sends
+    assert form.status_code == 415 and form.json()["error"]["type"] == "unsupported_media_type"
+    assert "application/json" in form.json()["error"]["message"]
+
+
 def test_service_endpoints(server: Server) -> None:
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server.url}/readyz", timeout=15)

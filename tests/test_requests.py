@@ -16,9 +16,10 @@ from serving.errors import (
     Overloaded,
     PayloadTooLarge,
     RequestError,
+    UnsupportedMediaType,
     error_response,
 )
-from serving.schemas import check_body_size, parse_classify_request
+from serving.schemas import check_body_size, check_content_type, parse_classify_request
 
 LIMITS = LimitSettings(max_body_bytes=500, max_inputs=3, max_text_chars=40)
 
@@ -56,6 +57,13 @@ def test_single_text_and_list_are_accepted() -> None:
         (_body({"inputs": ["a", "b", "c", "d"]}), LimitExceeded, 422, "is 4; the limit is 3"),
         (_body({"inputs": "y" * 41}), LimitExceeded, 422, "is 41; the limit is 40"),
         (b" " * 501, PayloadTooLarge, 413, "501 bytes; the limit (limits.max_body_bytes) is 500"),
+        # texts that would fail a tokenizer (and with it every text batched beside them), or carry nothing
+        (b'{"inputs": ["ok", "lost \\ud800 card"]}', InvalidRequest, 422, "inputs[1] has a lone surrogate U+D800"),
+        (_body({"inputs": "a\x00b"}), InvalidRequest, 422, "inputs[0] has the control character U+0000"),
+        (_body({"inputs": "a\x85b"}), InvalidRequest, 422, "control character U+0085"),
+        (_body({"inputs": ["ok", "\u200b\ufeff \u2060"]}), InvalidRequest, 422, "inputs[1] is empty (nothing but"),
+        # bodies that would cost the parser (a huge integer, deep nesting) are refused as bad JSON
+        (b'{"inputs": "x", "n": ' + b"9" * 400 + b"}", InvalidJSON, 400, "integer of 400 digits"),
     ],
 )
 def test_bad_requests_map_to_their_status(body: bytes, error: type[RequestError], status: int, fragment: str) -> None:
@@ -65,6 +73,27 @@ def test_bad_requests_map_to_their_status(body: bytes, error: type[RequestError]
     assert code == status
     assert payload["error"]["type"] == error.error_type
     assert fragment in payload["error"]["message"]
+
+
+def test_only_json_bodies_are_accepted() -> None:
+    for accepted in (None, "application/json", "application/json; charset=utf-8", "application/merge+json"):
+        check_content_type(accepted)
+    for refused in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""):
+        with pytest.raises(UnsupportedMediaType, match="send application/json"):
+            check_content_type(refused)
+    assert error_response(UnsupportedMediaType("x"))[0] == 415
+
+
+def test_deep_nesting_is_bad_json_not_a_crash() -> None:
+    limits = LimitSettings(max_body_bytes=1_000_000)
+    with pytest.raises(InvalidJSON, match="nested too deeply"):
+        parse_classify_request(b"[" * 100_000 + b"]" * 100_000, limits)
+
+
+def test_texts_keep_tabs_and_newlines_and_are_nfc_normalised() -> None:
+    request = parse_classify_request(_body({"inputs": ["line one\nline\ttwo", "cafe\u0301"]}), LIMITS)
+    assert request.texts == ["line one\nline\ttwo", "caf\u00e9"]
+    assert parse_classify_request(_body({"inputs": "cafe\u0301"}), LIMITS).inputs == "caf\u00e9"
 
 
 def test_declared_content_length_is_checked_before_reading() -> None:
