@@ -12,6 +12,7 @@ watcher that triggers it in ``serving.swap``.
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,40 @@ WARM_UP_TEXTS = 8
 
 def _count_texts(calls: list[list[str]]) -> int:
     return sum(len(texts) for texts in calls)
+
+
+CallResult = tuple[np.ndarray, float] | Exception
+"""One call's logits and the compute seconds they used, or the error its own texts caused."""
+
+
+async def answer_batch(model: Callable[[list[str]], np.ndarray], calls: list[list[str]]) -> list[CallResult]:
+    """One model call for every call in a batch; should it fail, each call on its own.
+
+    A text that makes the model raise (a tokenizer's edge case) then fails only the call that sent it;
+    the others in the batch are answered. The model runs off the event loop, so the process keeps
+    accepting calls for the next batch meanwhile.
+    """
+    flat = [text for texts in calls for text in texts]
+    started = time.perf_counter()
+    try:
+        logits = await asyncio.to_thread(model, flat)
+    except Exception:
+        if len(calls) == 1:
+            raise
+        logger.warning("a batch of %d calls failed; answering each call on its own", len(calls))
+        return [await _alone(model, texts) for texts in calls]
+    seconds_per_text = (time.perf_counter() - started) / len(flat)
+    bounds = np.cumsum([len(texts) for texts in calls])[:-1]
+    return [(part, seconds_per_text * len(part)) for part in np.split(logits, bounds)]
+
+
+async def _alone(model: Callable[[list[str]], np.ndarray], texts: list[str]) -> CallResult:
+    started = time.perf_counter()
+    try:
+        logits = await asyncio.to_thread(model, texts)
+    except Exception as error:  # noqa: BLE001 - handed to this call's caller, who raises it
+        return error
+    return logits, time.perf_counter() - started
 
 
 class ModelRunner:
@@ -68,20 +103,17 @@ class ModelRunner:
         """Logits for ``texts`` and the compute seconds they used (their share of the batch)."""
         self._metrics.queued(len(texts))
         try:
-            return await self._batched(texts)
+            result = await self._batched(texts)
         finally:
             self._metrics.queued(-len(texts))
+        if isinstance(result, Exception):
+            raise result  # this call's texts failed the model; the others in its batch were answered
+        return result
 
     @serve.batch(max_batch_size=c.DEFAULT_MAX_BATCH_SIZE, batch_size_fn=_count_texts)
-    async def _batched(self, calls: list[list[str]]) -> list[tuple[np.ndarray, float]]:
-        flat = [text for texts in calls for text in texts]
-        self._metrics.batch(len(flat))
-        started = time.perf_counter()
-        # Off the event loop, so the process keeps accepting calls for the next batch meanwhile.
-        logits = await asyncio.to_thread(self.backend.logits, flat)
-        seconds_per_text = (time.perf_counter() - started) / len(flat)
-        bounds = np.cumsum([len(texts) for texts in calls])[:-1]
-        return [(part, seconds_per_text * len(part)) for part in np.split(logits, bounds)]
+    async def _batched(self, calls: list[list[str]]) -> list[CallResult]:
+        self._metrics.batch(sum(len(texts) for texts in calls))
+        return await answer_batch(self.backend.logits, calls)
 
     def info(self) -> dict[str, Any]:
         return {
