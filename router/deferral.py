@@ -121,7 +121,10 @@ def fit_deferral_rule(
     iterations: int = 50,
     standardise: tuple[FloatArray, FloatArray] | None = None,
 ) -> DeferralRule:
-    """Penalised logistic regression by Newton's method (IRLS); the bias is not penalised.
+    """Penalised logistic regression by Newton's method with a backtracking line search; the bias is not penalised.
+
+    The features are nearly collinear (max probability, margin and entropy move together), where plain
+    Newton steps overshoot and diverge: each step is halved until the penalised loss decreases.
 
     ``standardise``: the (mean, scale) to centre features with, default these features' own. With one
     class only (every text kept, say) the rule is a constant: there is nothing to learn.
@@ -138,13 +141,26 @@ def fit_deferral_rule(
     if 0 < y.mean() < 1:
         penalty = np.full(z.shape[1], l2)
         penalty[0] = 0.0
+
+        def loss(b: FloatArray) -> float:
+            margins = z @ b
+            # log(1 + e^m) − y·m, computed stably
+            return float(np.sum(np.logaddexp(0.0, margins) - y * margins) + 0.5 * np.sum(penalty * b * b))
+
+        current = loss(beta)
         for _ in range(iterations):
             p = _sigmoid(z @ beta)
             gradient = z.T @ (p - y) + penalty * beta
             hessian = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(z.shape[1])
             step = np.linalg.solve(hessian, gradient)
-            beta -= step
-            if float(np.abs(step).max()) < 1e-8:
+            size = 1.0
+            while size > 1e-10 and loss(beta - size * step) > current - 1e-4 * size * float(gradient @ step):
+                size /= 2
+            if size <= 1e-10:
+                break
+            beta = beta - size * step
+            current = loss(beta)
+            if float(np.abs(size * step).max()) < 1e-8:
                 break
     return DeferralRule(
         feature_names=tuple(feature_names),

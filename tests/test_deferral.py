@@ -147,3 +147,23 @@ def test_no_chain_beats_its_oracle_and_the_chosen_one_meets_its_bound() -> None:
     chosen = choose_chain(outcomes, 1.0, confidence=0.9)
     assert chosen.quality_loss_bound <= 0.01 + 1e-12
     assert chosen.dollars_per_1000 <= 1000 * 0.05 * 1.0 + 1000 * (0.001 + 0.01)  # never worse than all stages
+
+
+def test_nearly_collinear_features_do_not_derail_the_fit() -> None:
+    """Peaked probabilities make max-prob, margin and entropy move together; the fit must still rank
+    errors as well as max-prob does (plain Newton steps diverged here, as on real CLINC150 outputs)."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (1500, 150))
+    logits[:, 0] += rng.gamma(2.0, 8.0, 1500)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    right = rng.random(1500) < probs.max(axis=1) ** 0.3
+    features = deferral_features(probs, rng.integers(5, 100, 1500).astype(float))
+    rule, out_of_fold = cross_fitted_rule(features, right.astype(float), BASE_FEATURES, target="student_wrong")
+
+    def auc(score: np.ndarray) -> float:
+        wrong, good = score[~right], score[right]
+        return float((wrong[:, None] < good[None, :]).mean())
+
+    assert auc(out_of_fold) >= auc(probs.max(axis=1)) - 0.02
+    assert max(abs(w) for w in rule.weights) < 20  # no runaway weights
