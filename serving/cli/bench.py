@@ -25,7 +25,8 @@ def _benchmark_cascade(args: argparse.Namespace) -> int:
     from benchmarks.distillation import PLANS, earlier_results, merge_results
 
     names = args.datasets_only.split(",") if args.datasets_only else list(PLANS)
-    results = earlier_results(args.output, "cascade")
+    # Results of the format before repeated halvings (no "summary") are dropped, not mixed in.
+    results = [r for r in earlier_results(args.output, "cascade") if "summary" in r]
     for name in names:
         results = merge_results(
             results, run_cascade_dataset(name, args.datasets, args.work, args.output, args.threads, args.seeds)
