@@ -39,7 +39,7 @@ from distill.evaluate import time_backend
 from distill.predictions import Predictions, batched_logits
 from router import Signal
 from router.bounds import paired_gap_upper_bound
-from router.chain import ChainOutcomes, ChainPoint, evaluate, share_of_chain_oracle_savings
+from router.chain import ChainOutcomes, ChainPoint, evaluate, serving_stage, share_of_chain_oracle_savings
 from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, DEFAULT_GPU_NODE_DOLLARS_PER_HOUR, CostModel
 from router.tradeoff import wilson_interval
 from serving.backends import load_backend
@@ -100,13 +100,9 @@ def _measured(outcomes: ChainOutcomes, point: ChainPoint, gpu: ChainOutcomes) ->
     teacher_only = 1000 * outcomes.stage_dollars[-1]
     served = np.asarray(point.served_share)
     gpu_cost = 1000 * float(np.cumsum(gpu.stage_dollars) @ served)
-    stage_right = np.stack(outcomes.correct)
     teacher = outcomes.correct[-1]
     # discordant texts for the interval of the measured gap
-    stage = np.full(n, len(outcomes.scores))
-    for index in reversed(range(len(outcomes.scores))):
-        stage = np.where(outcomes.scores[index] >= point.thresholds[index], index, stage)
-    right = stage_right[stage, np.arange(n)]
+    right = np.stack(outcomes.correct)[serving_stage(outcomes, point.thresholds), np.arange(n)]
     worse, better = int((teacher & ~right).sum()), int((right & ~teacher).sum())
     high = float(paired_gap_upper_bound(worse, better, n, 0.975))
     low = -float(paired_gap_upper_bound(better, worse, n, 0.975))
@@ -143,8 +139,10 @@ def _two_model(
     student_right, teacher_right = held_out.correctness()
 
     def outcomes(teacher_price: float) -> ChainOutcomes:
-        dollars = [held_out.student_seconds * CPU_PRICE / 3600, held_out.teacher_seconds * teacher_price / 3600]
-        return ChainOutcomes.from_arrays([scores], [student_right, teacher_right], dollars)
+        cost = CostModel(held_out.student_seconds, held_out.teacher_seconds, CPU_PRICE, teacher_price)
+        return ChainOutcomes.from_arrays(
+            [scores], [student_right, teacher_right], [cost.student_dollars, cost.teacher_dollars]
+        )
 
     cpu = outcomes(CPU_PRICE)
     point = evaluate(cpu, (report.threshold,))
@@ -187,24 +185,16 @@ def run_seed(dev: DevOutputs, seed: int) -> tuple[dict[str, dict[str, Any]], dic
     results: dict[str, dict[str, Any]] = {}
     curves: dict[str, Any] = {}
     for student in STUDENTS:
-        results[f"{student} max_prob (point estimate)"], _ = _two_model(
-            dev,
-            student,
-            calibration_rows,
-            evaluation_rows,
-            rule="signals",
-            signals=(Signal.MAX_PROB,),
-            confidence_level=None,
-        )
-        results[f"{student} max_prob"], _ = _two_model(
-            dev,
-            student,
-            calibration_rows,
-            evaluation_rows,
-            rule="signals",
-            signals=(Signal.MAX_PROB,),
-            confidence_level=CONFIDENCE,
-        )
+        for label, level in ((" (point estimate)", None), ("", CONFIDENCE)):
+            results[f"{student} max_prob{label}"], _ = _two_model(
+                dev,
+                student,
+                calibration_rows,
+                evaluation_rows,
+                rule="signals",
+                signals=(Signal.MAX_PROB,),
+                confidence_level=level,
+            )
         results[f"{student} calibrate"], curves[student] = _two_model(
             dev, student, calibration_rows, evaluation_rows, rule="auto", confidence_level=CONFIDENCE, seed=seed
         )

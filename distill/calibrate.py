@@ -59,10 +59,9 @@ from serving.constants import DEFAULT_CALIBRATION_CONFIDENCE
 from serving.model_ref import ModelRef, resolve_model
 
 REFERENCE_BINS = 20
-DEFAULT_CONFIDENCE = DEFAULT_CALIBRATION_CONFIDENCE
 MIN_RULE_TEXTS = 200
 """Below this many calibration texts a learned rule is not tried (each half would be under 100)."""
-RULE_SPLIT_SEED = 0
+FOLD_SEED = 0
 """Seeds the cross-fitting folds."""
 
 RuleMode = Literal["auto", "signals", "learned"]
@@ -174,8 +173,8 @@ def calibrate(
     teacher_price: float = DEFAULT_GPU_NODE_DOLLARS_PER_HOUR,
     signals: tuple[Signal, ...] = CLOSED_FORM_SIGNALS,
     rule: RuleMode = "auto",
-    confidence_level: float | None = DEFAULT_CONFIDENCE,
-    seed: int = RULE_SPLIT_SEED,
+    confidence_level: float | None = DEFAULT_CALIBRATION_CONFIDENCE,
+    seed: int = FOLD_SEED,
 ) -> CalibrationReport:
     """Temperature, rule and threshold for the target (see the module's docstring); the full report.
 
@@ -305,7 +304,7 @@ def calibrate_artifacts(
     student_price: float = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR,
     teacher_price: float = DEFAULT_GPU_NODE_DOLLARS_PER_HOUR,
     rule: RuleMode = "auto",
-    confidence_level: float | None = DEFAULT_CONFIDENCE,
+    confidence_level: float | None = DEFAULT_CALIBRATION_CONFIDENCE,
 ) -> CalibrationReport:
     teacher_ref, student_ref = resolve_model(teacher), resolve_model(student)
     warnings = seen_in_training(dev_path, teacher_ref, student_ref)

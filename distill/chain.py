@@ -25,6 +25,7 @@ import numpy as np
 from router import softmax
 from router.calibration import fit_temperature
 from router.chain import ChainOutcomes, ChainPoint, choose_chain
+from router.cost import dollars_for
 from router.deferral import (
     BASE_FEATURES,
     CHAIN_FEATURES,
@@ -76,7 +77,8 @@ class ChainData:
     def stage_dollars(self, student_price: float, teacher_price: float) -> list[float]:
         prices = [student_price] * len(self.students) + [teacher_price]
         return [
-            stage.seconds * price / 3600 for stage, price in zip((*self.students, self.teacher), prices, strict=True)
+            dollars_for(stage.seconds, price)
+            for stage, price in zip((*self.students, self.teacher), prices, strict=True)
         ]
 
 

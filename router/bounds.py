@@ -14,7 +14,6 @@ Medicine 2005). A cascade that escalates every text *is* the teacher, and its bo
 
 from __future__ import annotations
 
-import math
 from statistics import NormalDist
 
 import numpy as np
@@ -48,8 +47,3 @@ def paired_gap_upper_bound(
     if kept is not None:
         bound = np.where(np.asarray(kept) > 0, bound, 0.0)
     return np.asarray(bound, dtype=np.float64)
-
-
-def bound_points(bound_share: float) -> float:
-    """A gap as a share (0.003) in accuracy points (0.3), rounded against float noise."""
-    return round(100 * bound_share, 9) if math.isfinite(bound_share) else bound_share

@@ -17,6 +17,11 @@ DEFAULT_GPU_NODE_DOLLARS_PER_HOUR = 1.006
 DEFAULT_CPU_NODE_DOLLARS_PER_HOUR = 0.08925
 
 
+def dollars_for(seconds: float, dollars_per_hour: float) -> float:
+    """What ``seconds`` of a node's compute cost at ``dollars_per_hour``."""
+    return seconds * dollars_per_hour / 3600
+
+
 @dataclass(frozen=True)
 class CostModel:
     student_seconds_per_request: float
@@ -36,11 +41,11 @@ class CostModel:
 
     @property
     def student_dollars(self) -> float:
-        return self.student_seconds_per_request * self.student_dollars_per_hour / 3600
+        return dollars_for(self.student_seconds_per_request, self.student_dollars_per_hour)
 
     @property
     def teacher_dollars(self) -> float:
-        return self.teacher_seconds_per_request * self.teacher_dollars_per_hour / 3600
+        return dollars_for(self.teacher_seconds_per_request, self.teacher_dollars_per_hour)
 
     def cascade_dollars(self, escalation_rate: float) -> float:
         """Mean dollars per request when a share ``escalation_rate`` of requests also runs the teacher."""

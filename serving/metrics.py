@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from router.cost import SavingsCarry
+from router.cost import SavingsCarry, dollars_for
 from router.drift import RollingHistogram, population_stability_index
 from serving.vocabulary import REQUEST_PATHS, ROLES, SHADOW_OUTCOMES, RequestPath, ShadowOutcome
 
@@ -126,10 +126,6 @@ def ray_metric(spec: MetricSpec) -> Any:
     )
 
 
-def _dollars(seconds: float, dollars_per_hour: float) -> float:
-    return seconds * dollars_per_hour / 3600.0
-
-
 @dataclass
 class RequestUsage:
     """Compute seconds one HTTP request used on each role (its share of the batches it rode in)."""
@@ -206,12 +202,14 @@ class GatewayMetrics:
             self.learn_teacher_speed(usage.teacher_seconds, teacher_texts)
         self._m[REQUEST_DURATION].observe(duration_s, tags={"path": path})
 
-        student_cost = _dollars(usage.student_seconds, self.student_dollars_per_hour)
-        teacher_cost = _dollars(usage.teacher_seconds, self.teacher_dollars_per_hour)
+        student_cost = dollars_for(usage.student_seconds, self.student_dollars_per_hour)
+        teacher_cost = dollars_for(usage.teacher_seconds, self.teacher_dollars_per_hour)
         if path == "forced":
             baseline = teacher_cost
         else:
-            baseline = _dollars((self.teacher_seconds_per_text or 0.0) * len(served_by), self.teacher_dollars_per_hour)
+            baseline = dollars_for(
+                (self.teacher_seconds_per_text or 0.0) * len(served_by), self.teacher_dollars_per_hour
+            )
         for role, dollars in (("student", student_cost), ("teacher", teacher_cost)):
             if dollars > 0:
                 self._m[COST].inc(dollars, tags={"role": role})
@@ -237,7 +235,7 @@ class GatewayMetrics:
         self._m[SHADOW].inc(max(texts, 1), tags={"outcome": outcome})
         if teacher_seconds > 0:
             self.learn_teacher_speed(teacher_seconds, texts)
-            dollars = _dollars(teacher_seconds, self.teacher_dollars_per_hour)
+            dollars = dollars_for(teacher_seconds, self.teacher_dollars_per_hour)
             self._m[COST].inc(dollars, tags={"role": "shadow"})
             self._save(-dollars)
 
