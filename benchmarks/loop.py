@@ -37,6 +37,7 @@ import yaml
 from benchmarks.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
 from loadtests import free_port
 from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+from serving.constants import KEEP_TEXT_FOR_REDISTILL as OPT_IN_TEXT
 from serving.process import GatewayProcess, cascade_command
 
 # Both roles run on this machine's CPU: price both as the CPU node (as benchmark-cascade).
@@ -203,7 +204,7 @@ def run_loop_benchmark(s: LoopBenchmarkSettings, log: Any = print) -> dict[str, 
         "cost": {"student_dollars_per_hour": CPU_PRICE, "teacher_dollars_per_hour": CPU_PRICE},
         "shadow": {"rate": s.shadow_rate, "max_in_flight": 8},
         "drift": {"window": 500, "min_samples": 200},
-        "traffic_log": {"path": str(traffic), "flush_interval_s": 1.0},
+        "traffic_log": {"path": str(traffic), "flush_interval_s": 1.0, "keep_text": OPT_IN_TEXT},
         "reload": {"poll_s": 1.0},
         "student": {"model": f"registry:{registry.root}/student", **role},
         "teacher": {"model": f"registry:{registry.root}/teacher", **role},

@@ -266,6 +266,11 @@ def _run_locked(settings: RedistillSettings, report: RedistillReport, log: Any) 
     training = {t: z for t, z in texts.items() if t not in holdout}
     if len(holdout) < 10 or len(training) < 10:
         report.outcome, report.why = "not_enough_data", f"{len(texts)} distinct texts"
+        if report.without_text:
+            report.why += (
+                f"; {report.without_text} teacher labels were logged without their text: set the gateway's "
+                "traffic_log.keep_text to text for escalation, shadow and forced (the default keeps a hash)"
+            )
         return
     version = _next_version(registry, current.name)
     work = settings.state / "work"

@@ -148,6 +148,7 @@ class ClassifyUser(FastHttpUser):
                 record["label"] = [r["label"] for r in results]
                 record["served_by"] = [r.get("served_by", "student") for r in results]
                 record["escalated"] = [bool(r.get("escalated", False)) for r in results]
+                record["degraded"] = [r.get("degraded_reason") for r in results]
                 response.success()
             else:
                 response.failure(f"HTTP {response.status_code}")

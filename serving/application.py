@@ -2,16 +2,28 @@
 
 Model folders travel in ``user_config``, never in constructor arguments: a promotion then changes
 only ``user_config``, which Ray Serve applies in place (``reconfigure``) instead of rolling replicas.
+
+That needs each deployment's code version to stay the same between two ``serve.run`` calls. Ray 2.60
+gives a deployment without one a random version on every ``serve.run``
+(``ray/serve/_private/client.py``: ``deployment._version or get_random_string()``), so every promotion
+used to restart every replica, the teacher's included, and requests waited for the new ones. Its
+public ``version=`` option is removed (it raises), so ``_stable_version`` sets it the way Ray's own
+decorator does (``options(..., _internal=True)``): a hash of our source code and the constructor
+arguments. Placement and scaling options are compared by Ray itself; a change there still rolls.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+from pathlib import Path
 from typing import Any, cast
 
 from ray import serve
 from ray.serve import Deployment
 
-from serving.config import GatewayConfig, ModelSettings
+from serving.config import AuthSettings, GatewayConfig, ModelSettings
 from serving.ingress import GatewayIngress
 from serving.model_ref import ModelRef, check_same_labels, resolve_model
 from serving.replica import ModelReplica
@@ -63,11 +75,35 @@ def gateway_user_config(config: GatewayConfig, refs: dict[Role, ModelRef] | None
         "calibration": calibration.model_dump(mode="json") if calibration is not None else None,
         "cascade": config.cascade.model_dump(mode="json"),
         "limits": config.limits.model_dump(),
+        "resilience": config.resilience.model_dump(),
+        "auth": config.auth.model_dump(mode="json") if isinstance(config.auth, AuthSettings) else None,
         "cost": config.cost.model_dump(),
         "shadow": config.shadow.model_dump(),
         "drift": config.drift.model_dump(),
         "traffic_log": config.traffic_log.model_dump(),
     }
+
+
+_SOURCE_PACKAGES = ("serving", "router")
+
+
+@functools.cache
+def _source_digest() -> str:
+    """A hash of the code that runs in replicas: new code must roll them, the same code must not."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for package in _SOURCE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _stable_version(deployment: Deployment, *init_args: Any) -> Deployment:
+    """The deployment with a code version that changes only with our code or its constructor arguments."""
+    payload = json.dumps(init_args, sort_keys=True, default=str).encode()
+    version = hashlib.sha256(_source_digest().encode() + payload).hexdigest()[:16]
+    return deployment.options(version=version, _internal=True)
 
 
 def build_app(config: GatewayConfig) -> serve.Application:
@@ -76,15 +112,19 @@ def build_app(config: GatewayConfig) -> serve.Application:
     # @serve.deployment turned both classes into Deployments; mypy still sees the classes.
     replica, ingress = cast(Deployment, ModelReplica), cast(Deployment, GatewayIngress)
     colocated = config.student.colocate
-    handles = {
-        role: replica.options(
+    handles = {}
+    for role in ROLES:
+        if role == "student" and colocated:
+            continue
+        settings = getattr(config, role).model_dump()
+        deployment = replica.options(
             **getattr(config, role).deployment.ray_options(role), user_config={"model": refs[role].location}
-        ).bind(role, getattr(config, role).model_dump())
-        for role in ROLES
-        if not (role == "student" and colocated)
-    }
+        )
+        handles[role] = _stable_version(deployment, role, settings).bind(role, settings)
+    colocated_settings = config.student.model_dump() if colocated else None
     gateway = ingress.options(**config.ingress.ray_options("gateway"), user_config=gateway_user_config(config, refs))
-    return gateway.bind(handles.get("student"), handles["teacher"], config.student.model_dump() if colocated else None)
+    gateway = _stable_version(gateway, colocated_settings)
+    return gateway.bind(handles.get("student"), handles["teacher"], colocated_settings)
 
 
 def build_direct_student_app(config: GatewayConfig) -> serve.Application:

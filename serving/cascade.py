@@ -2,6 +2,11 @@
 
 Independent of Ray: the two models are plain async callables (texts in, logits out), so the same
 code runs behind Ray Serve handles in the gateway and behind local backends in tests and tools.
+
+When a model cannot answer (a ``ServiceError``: timeout, down, full, breaker open; or the API key's
+teacher budget is spent) and ``degrade`` is on, a ``route: auto`` request is still answered: the
+student's answer stands for the texts it escalated, and the teacher answers every text when the
+student failed. Those results say ``degraded`` and why. A forced route never switches model.
 """
 
 from __future__ import annotations
@@ -12,10 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from router import CascadePolicy
+from serving.errors import CascadeError, RateLimited, ServiceError
 from serving.schemas import ClassifyResult
-from serving.vocabulary import Role, Route
+from serving.vocabulary import DegradedReason, Failure, Role, Route
 
 LogitsCall = Callable[[list[str]], Awaitable[np.ndarray]]
+
+_MODEL_FAILURES = (ServiceError, RateLimited)
+"""What a model call may raise that another model can make up for."""
 
 
 @dataclass(frozen=True)
@@ -29,10 +38,29 @@ class CascadeOutcome:
     """The student's calibrated confidence for every text it judged (None when it did not run)."""
     student_probabilities: np.ndarray | None = None
     """The student's calibrated probabilities, ``[n, k]`` (None when it did not run)."""
+    degraded_reason: DegradedReason | None = None
+    degraded_rows: tuple[int, ...] = ()
+
+
+def failure_of(error: CascadeError) -> Failure:
+    """The vocabulary's name for why a model did not answer."""
+    if isinstance(error, ServiceError):
+        return error.failure
+    return "budget" if isinstance(error, RateLimited) else "error"
+
+
+def degraded_reason(role: Role, error: CascadeError) -> DegradedReason:
+    reason: DegradedReason = f"{role}_{failure_of(error)}"  # type: ignore[assignment]
+    return reason
 
 
 def _result(
-    labels: Sequence[str], probabilities: np.ndarray, served_by: Role, escalated: bool, confidence: float
+    labels: Sequence[str],
+    probabilities: np.ndarray,
+    served_by: Role,
+    escalated: bool,
+    confidence: float,
+    degraded: DegradedReason | None = None,
 ) -> ClassifyResult:
     top = int(np.argmax(probabilities))
     return ClassifyResult(
@@ -41,6 +69,29 @@ def _result(
         served_by=served_by,
         escalated=escalated,
         scores={label: float(p) for label, p in zip(labels, probabilities, strict=True)},
+        degraded=degraded is not None,
+        degraded_reason=degraded,
+    )
+
+
+async def _teacher_only(
+    texts: list[str],
+    *,
+    policy: CascadePolicy,
+    labels: Sequence[str],
+    teacher_temperature: float,
+    teacher: LogitsCall,
+    degraded: DegradedReason | None = None,
+) -> CascadeOutcome:
+    teacher_logits = await teacher(texts)
+    verdict = policy.for_teacher(teacher_temperature).judge(teacher_logits)
+    results = [
+        _result(labels, verdict.probabilities[i], "teacher", False, verdict.confidence[i], degraded)
+        for i in range(len(texts))
+    ]
+    rows = list(range(len(texts)))
+    return CascadeOutcome(
+        results, None, teacher_logits, rows, degraded_reason=degraded, degraded_rows=tuple(rows) if degraded else ()
     )
 
 
@@ -53,18 +104,19 @@ async def run_cascade(
     teacher_temperature: float,
     student: LogitsCall,
     teacher: LogitsCall,
+    degrade: bool = True,
 ) -> CascadeOutcome:
     """Classify ``texts`` in order. ``confidence`` is the policy's signal for the model that answered."""
+    common = {"policy": policy, "labels": labels, "teacher_temperature": teacher_temperature, "teacher": teacher}
     if route == "teacher":
-        teacher_logits = await teacher(texts)
-        verdict = policy.for_teacher(teacher_temperature).judge(teacher_logits)
-        results = [
-            _result(labels, verdict.probabilities[i], "teacher", False, verdict.confidence[i])
-            for i in range(len(texts))
-        ]
-        return CascadeOutcome(results, None, teacher_logits, list(range(len(texts))))
+        return await _teacher_only(texts, **common)  # type: ignore[arg-type]
 
-    student_logits = await student(texts)
+    try:
+        student_logits = await student(texts)
+    except _MODEL_FAILURES as error:
+        if route == "student" or not degrade:
+            raise
+        return await _teacher_only(texts, **common, degraded=degraded_reason("student", error))  # type: ignore[arg-type]
     verdict = policy.judge(student_logits, [len(text) for text in texts])
     results = [
         _result(labels, verdict.probabilities[i], "student", False, verdict.confidence[i]) for i in range(len(texts))
@@ -73,7 +125,17 @@ async def run_cascade(
         return CascadeOutcome(results, student_logits, None, [], verdict.confidence, verdict.probabilities)
 
     rows = [int(i) for i in np.flatnonzero(verdict.escalate)]
-    teacher_logits = await teacher([texts[i] for i in rows])
+    try:
+        teacher_logits = await teacher([texts[i] for i in rows])
+    except _MODEL_FAILURES as error:
+        if not degrade:
+            raise
+        reason = degraded_reason("teacher", error)
+        for row in rows:
+            results[row] = results[row].model_copy(update={"degraded": True, "degraded_reason": reason})
+        return CascadeOutcome(
+            results, student_logits, None, [], verdict.confidence, verdict.probabilities, reason, tuple(rows)
+        )
     teacher_verdict = policy.for_teacher(teacher_temperature).judge(teacher_logits)
     for position, row in enumerate(rows):
         results[row] = _result(
@@ -86,4 +148,4 @@ async def run_cascade(
     return CascadeOutcome(results, student_logits, teacher_logits, rows, verdict.confidence, verdict.probabilities)
 
 
-__all__ = ["CascadeOutcome", "LogitsCall", "run_cascade"]
+__all__ = ["CascadeOutcome", "LogitsCall", "degraded_reason", "failure_of", "run_cascade"]

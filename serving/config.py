@@ -2,8 +2,9 @@
 
 How each part reloads (``serve.run`` with a changed config):
 
-- ``cascade``, ``limits``, ``cost``, ``shadow``, ``drift`` and ``traffic_log`` are the ingress's ``user_config``: Ray
-  Serve applies them in place through ``Gateway.reconfigure``, with no replica restarted and no request dropped.
+- ``cascade``, ``limits``, ``resilience``, ``auth``, ``cost``, ``shadow``, ``drift`` and ``traffic_log`` are the
+  ingress's ``user_config``: Ray Serve applies them in place through ``Gateway.reconfigure``, with no replica
+  restarted and no request dropped. An ``auth.keys_file`` is also re-read by the gateway when it changes.
 - ``student`` / ``teacher`` (model, backend, device, threads, batching) and every ``deployment``
   setting change the deployment's code or options, so Ray Serve rolls those replicas.
 - ``http`` and ``metrics`` need a restart of ``cascade serve``.
@@ -38,9 +39,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class FrontProxySettings(_Strict):
+    """HAProxy in front of Ray Serve's proxy (``serving.front_proxy``); a restart applies a change.
+
+    ``kind: auto`` runs HAProxy when it is installed and says so when it is not. ``max_in_flight``
+    bounds the requests passed on to Ray at once (keep it under the ingress's ``max_ongoing_requests``
+    so that probes always find room); the rest wait up to ``queue_timeout_s``, then get a 503.
+    """
+
+    kind: Literal["auto", "haproxy", "none"] = "auto"
+    header_timeout_s: float = Field(c.DEFAULT_FRONT_HEADER_TIMEOUT_S, gt=0)
+    """The whole request, headers and body, must arrive within this (408 otherwise)."""
+    idle_timeout_s: float = Field(c.DEFAULT_FRONT_IDLE_TIMEOUT_S, gt=0)
+    upstream_timeout_s: float = Field(c.DEFAULT_FRONT_UPSTREAM_TIMEOUT_S, gt=0)
+    queue_timeout_s: float = Field(c.DEFAULT_FRONT_QUEUE_TIMEOUT_S, gt=0)
+    max_connections: PositiveInt = c.DEFAULT_FRONT_MAX_CONNECTIONS
+    max_in_flight: PositiveInt = c.DEFAULT_FRONT_MAX_IN_FLIGHT
+    max_header_bytes: int = Field(c.DEFAULT_FRONT_MAX_HEADER_BYTES, ge=4096, le=1_048_576)
+
+
 class HttpSettings(_Strict):
     host: str = c.DEFAULT_HOST
     port: int = Field(c.DEFAULT_PORT, ge=1, le=65535)
+    front_proxy: FrontProxySettings = FrontProxySettings()
 
 
 class LimitSettings(_Strict):
@@ -49,6 +70,65 @@ class LimitSettings(_Strict):
     max_body_bytes: PositiveInt = c.DEFAULT_MAX_BODY_BYTES
     max_inputs: PositiveInt = c.DEFAULT_MAX_INPUTS
     max_text_chars: PositiveInt = c.DEFAULT_MAX_TEXT_CHARS
+
+
+class BreakerSettings(_Strict):
+    """Per role and ingress replica: open after ``failures`` failures or timeouts in a row; probe ``open_s`` later."""
+
+    failures: PositiveInt = c.DEFAULT_BREAKER_FAILURES
+    open_s: float = Field(c.DEFAULT_BREAKER_OPEN_S, gt=0)
+
+
+class ResilienceSettings(_Strict):
+    """What the gateway does when a model is slow, full or down; applied live.
+
+    Each call to a role is cut at its timeout, and a whole request at ``request_timeout_s``.
+    ``on_teacher_failure: degrade`` (default): a ``route: auto`` text the student escalated is answered
+    by the student, marked ``degraded`` with the reason, when the teacher fails, times out, is full or
+    its breaker is open; ``fail`` answers 503/504 instead. A ``route: auto`` request whose student fails
+    goes to the teacher (marked degraded). A forced route answers 503/504 with ``Retry-After``.
+    """
+
+    student_timeout_s: float = Field(c.DEFAULT_STUDENT_TIMEOUT_S, gt=0)
+    teacher_timeout_s: float = Field(c.DEFAULT_TEACHER_TIMEOUT_S, gt=0)
+    request_timeout_s: float = Field(c.DEFAULT_REQUEST_TIMEOUT_S, gt=0)
+    on_teacher_failure: Literal["degrade", "fail"] = "degrade"
+    breaker: BreakerSettings = BreakerSettings()
+
+
+class ApiKeySettings(_Strict):
+    """One client key: its name (a metric label), the SHA-256 of the secret, and its limits.
+
+    The secret itself is never stored: ``cascade keys new --name NAME`` prints one with this entry.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    requests_per_minute: float | None = Field(None, gt=0)
+    teacher_texts_per_minute: float | None = Field(None, gt=0)
+    """Texts the teacher may answer for this key a minute (escalated or forced); shadow calls do not count."""
+    allow_teacher_route: bool = False
+
+
+class AuthSettings(_Strict):
+    """API keys (``Authorization: Bearer <key>``) for ``/v1/*``; applied live.
+
+    Keys come from ``keys`` and from ``keys_file`` (a YAML file with a ``keys:`` list of the same entries,
+    re-read when it changes: mount a Kubernetes Secret there). Several keys may be valid at once, so a
+    key is rotated by adding the new one, moving clients, then removing the old one.
+    """
+
+    keys: tuple[ApiKeySettings, ...] = ()
+    keys_file: str | None = None
+
+    @model_validator(mode="after")
+    def _some_keys(self) -> AuthSettings:
+        if not self.keys and not self.keys_file:
+            raise ValueError("needs keys or a keys_file; to run without keys say 'auth: none'")
+        names = [key.name for key in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"key names must be unique, got {names}")
+        return self
 
 
 class CascadeSettings(_Strict):
@@ -105,7 +185,9 @@ class TrafficLogSettings(_Strict):
     """The traffic log (``serving.traffic_log``): what the teacher answered, for the next student; live.
 
     ``path`` unset: no log. ``keep_text`` says per reason what of the text is kept: the text, a
-    salted SHA-256 (salt from the environment variable ``salt_env``), or nothing.
+    salted SHA-256 (salt from the environment variable ``salt_env``; unset, a random salt per writer),
+    or nothing. A reason not listed keeps the hash: the raw text, which re-distillation trains on, is
+    kept only where the operator opts in (``keep_text: {escalation: text, shadow: text}``).
     ``sample_rate``: share of the other requests (the student answered, the teacher did not run)
     also logged, without teacher outputs. Shards older than ``retention_days`` are deleted.
     """
@@ -232,6 +314,9 @@ class GatewayConfig(_Strict):
 
     http: HttpSettings = HttpSettings()
     limits: LimitSettings = LimitSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
+    auth: AuthSettings | Literal["none"] | None = None
+    """Unset: no keys, allowed only on a loopback address; ``none``: no keys anywhere, said on purpose."""
     cascade: CascadeSettings = CascadeSettings()
     cost: CostSettings = CostSettings()
     shadow: ShadowSettings = ShadowSettings()
@@ -278,6 +363,9 @@ def load_config(path: str | Path) -> GatewayConfig:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if isinstance(data, dict):
+        auth = data.get("auth")
+        if isinstance(auth, dict) and isinstance(auth.get("keys_file"), str):
+            auth["keys_file"] = str((path.parent / auth["keys_file"]).resolve())
         for role in ("student", "teacher"):
             section = data.get(role)
             if isinstance(section, dict) and isinstance(section.get("model"), str):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -41,6 +42,14 @@ DEFAULT_TRAFFIC_LOG_FLUSH_S = 10.0
 DEFAULT_TRAFFIC_LOG_ROWS_PER_SHARD = 10_000
 DEFAULT_TRAFFIC_LOG_MAX_BUFFERED = 50_000
 
+# What a config opts into for the re-distillation loop: the raw text of what the teacher labelled
+# (escalated, shadowed, forced). Without it the traffic log keeps salted hashes only.
+KEEP_TEXT_FOR_REDISTILL: dict[Literal["escalation", "shadow", "forced", "sampled"], Literal["text", "hash", "none"]] = {
+    "escalation": "text",
+    "shadow": "text",
+    "forced": "text",
+}
+
 # Seconds between looks at the registry for a promoted (or rolled back) model.
 DEFAULT_REGISTRY_POLL_S = 5.0
 
@@ -55,6 +64,32 @@ DEFAULT_THREADS = 1
 # Ingress: async, no model, so it may hold many requests at once.
 DEFAULT_INGRESS_MAX_ONGOING_REQUESTS = 256
 DEFAULT_INGRESS_MAX_QUEUED_REQUESTS = 2_048
+
+# Resilience: each call to a role is cut at its timeout, a whole request at the request timeout. A
+# role's breaker opens after this many failures or timeouts in a row and lets a probe through later.
+# Sized for CPU replicas under load on a small node: a student batch takes tens of ms, a teacher's
+# hundreds; a call that waits seconds is better answered degraded (or 503) than later.
+DEFAULT_STUDENT_TIMEOUT_S = 2.0
+DEFAULT_TEACHER_TIMEOUT_S = 5.0
+DEFAULT_REQUEST_TIMEOUT_S = 8.0
+DEFAULT_BREAKER_FAILURES = 5
+DEFAULT_BREAKER_OPEN_S = 5.0
+# How often (at most) the gateway looks at auth.keys_file for a change.
+KEYS_FILE_POLL_S = 1.0
+
+# The front proxy (HAProxy, serving/front_proxy.py). A client has 5 s to send a whole request; an idle
+# keep-alive connection is closed after 30 s. At most 128 requests go on to Ray at once (under the
+# ingress's 256, so /healthz always finds room); the others wait 1 s for a slot, then get a 503.
+DEFAULT_FRONT_HEADER_TIMEOUT_S = 5.0
+DEFAULT_FRONT_IDLE_TIMEOUT_S = 30.0
+DEFAULT_FRONT_UPSTREAM_TIMEOUT_S = 30.0
+DEFAULT_FRONT_QUEUE_TIMEOUT_S = 1.0
+DEFAULT_FRONT_MAX_CONNECTIONS = 4096
+DEFAULT_FRONT_MAX_IN_FLIGHT = 128
+DEFAULT_FRONT_MAX_HEADER_BYTES = 16_384
+# On Ctrl-C / SIGTERM: how long the requests already accepted may take to finish (new ones get a 503).
+# Above the default request timeout, so that a request in flight is answered, not cut.
+DRAIN_TIMEOUT_S = 15.0
 
 # Seconds that `cascade serve` waits for every role to load and answer before giving up.
 DEFAULT_STARTUP_TIMEOUT_S = 300.0
@@ -89,6 +124,20 @@ RAY_ENVIRONMENT_DEFAULTS = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }
+
+
+LOOPBACK_ONLY_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""A private local Ray on 127.0.0.1 only. Ray binds its processes (GCS, raylet, workers, the metrics
+export, the dashboard agent) to the node's address, which it deliberately resolves to a reachable,
+non-loopback one. This setting, read by Ray when it is imported (``ray._private.ray_constants``), makes
+it take 127.0.0.1, as it does on a laptop: measured with ``ss -ltnp``, nothing of Ray then listens on
+another address. Only for a Ray that ``cascade serve`` starts; a cluster's nodes must reach each other."""
+
+
+def keep_local_ray_on_loopback() -> None:
+    """Call before ``import ray`` in a process that will start its own local Ray."""
+    for name, value in LOOPBACK_ONLY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
 
 def apply_ray_environment_defaults() -> None:

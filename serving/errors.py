@@ -6,20 +6,29 @@
     ├── DataError                   a dataset line that cannot be used (file and line named)
     ├── RequestError                the client's fault, a 4xx; never reaches a model
     │   ├── InvalidJSON             400: the body is not JSON
+    │   ├── Unauthorized            401: no API key, or not one the gateway knows
+    │   ├── Forbidden               403: the key may not do this (``route: teacher``)
     │   ├── PayloadTooLarge         413: the body is over ``limits.max_body_bytes``
     │   ├── UnsupportedMediaType    415: a body declared as something other than JSON
     │   ├── InvalidRequest          422: the body does not match the schema
-    │   └── LimitExceeded           422: too many inputs, or a text too long
+    │   ├── LimitExceeded           422: too many inputs, or a text too long
+    │   └── RateLimited             429: the key is over its request rate or teacher budget
     └── ServiceError                ours, a 5xx; the message never leaks internals
+        ├── ModelError              500: a model's code raised on this request
         ├── Overloaded              503: a role's queue is full (back-pressure)
-        └── ModelUnavailable        503: a role is not loaded or not answering
+        ├── ModelUnavailable        503: a role is down, not answering, or its circuit breaker is open
+        └── ModelTimeout            504: a role, or the whole request, ran past its timeout
 
 Every error that carries a limit carries the limit and the actual value, so the message can say both.
+An error that is worth retrying later carries ``retry_after_s``, sent as ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from serving.vocabulary import Failure
 
 
 class CascadeError(Exception):
@@ -28,9 +37,10 @@ class CascadeError(Exception):
     error_type = "cascade_error"
     http_status = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_s = retry_after_s
 
 
 class ConfigError(CascadeError):
@@ -58,6 +68,16 @@ class RequestError(CascadeError):
 class InvalidJSON(RequestError):
     error_type = "invalid_json"
     http_status = 400
+
+
+class Unauthorized(RequestError):
+    error_type = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(RequestError):
+    error_type = "forbidden"
+    http_status = 403
 
 
 class PayloadTooLarge(RequestError):
@@ -88,19 +108,49 @@ class LimitExceeded(RequestError):
         self.actual = actual
 
 
+class RateLimited(RequestError):
+    error_type = "rate_limited"
+    http_status = 429
+
+
 class ServiceError(CascadeError):
     error_type = "service_error"
     http_status = 500
+    failure: Failure = "error"
+    """Why a model did not answer, in the vocabulary's words (a degraded answer's reason, a metric label)."""
+
+
+class ModelError(ServiceError):
+    """The model's code raised on this request (the replica is alive): a 500, without a retry hint."""
+
+    error_type = "model_error"
 
 
 class Overloaded(ServiceError):
+    failure = "overloaded"
     error_type = "overloaded"
     http_status = 503
 
+    def __init__(self, message: str, *, retry_after_s: float | None = 1.0) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+
 
 class ModelUnavailable(ServiceError):
+    failure = "unavailable"
     error_type = "model_unavailable"
     http_status = 503
+
+    def __init__(self, message: str, *, retry_after_s: float | None = 1.0) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+
+
+class ModelTimeout(ServiceError):
+    failure = "timeout"
+    error_type = "model_timeout"
+    http_status = 504
+
+    def __init__(self, message: str, *, retry_after_s: float | None = 1.0) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
 
 
 _INTERNAL_MESSAGE = "internal error; the request id identifies it in the gateway's log"
@@ -114,3 +164,14 @@ def error_response(error: BaseException) -> tuple[int, dict[str, Any]]:
     if isinstance(error, (RequestError, ServiceError)):
         return error.http_status, {"error": {"type": error.error_type, "message": error.message}}
     return 500, {"error": {"type": "internal_error", "message": _INTERNAL_MESSAGE}}
+
+
+def error_headers(error: BaseException) -> dict[str, str]:
+    """Headers that go with the error body: ``Retry-After`` (whole seconds, at least 1), ``WWW-Authenticate``."""
+    headers: dict[str, str] = {}
+    retry_after = getattr(error, "retry_after_s", None) if isinstance(error, CascadeError) else None
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="cascade-gateway"'
+    return headers

@@ -2,8 +2,13 @@
 
 ``Gateway`` is what each ingress replica runs. ``serving.http`` puts it behind FastAPI routes and
 Ray Serve's ingress; nothing here knows about either, beyond the model handles it is given.
-``reconfigure`` applies the live settings (``cascade``, ``limits``, ``cost``, ``shadow``, ``drift``,
-``traffic_log``) and the models in service, as Ray Serve's ``user_config``.
+``reconfigure`` applies the live settings (``cascade``, ``limits``, ``resilience``, ``auth``, ``cost``,
+``shadow``, ``drift``, ``traffic_log``) and the models in service, as Ray Serve's ``user_config``.
+
+Every call to a model goes through ``_call``: a circuit breaker per role (``router.breaker``) refuses
+at once while the role is failing, a timeout cuts a call that waits too long, a replica that died is
+retried once, and each failure becomes one of ``serving.errors``' service errors, which the cascade
+turns into a degraded answer or the ingress into a 503/504 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -13,23 +18,30 @@ import logging
 import os
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
+from router.breaker import CircuitBreaker
+from serving import constants as c
 from serving.artifact import Calibration
+from serving.auth import ANONYMOUS_CALLER, Authenticator, Caller
 from serving.cascade import CascadeOutcome, run_cascade
 from serving.config import (
+    AuthSettings,
     CascadeSettings,
     CostSettings,
     DriftSettings,
     LimitSettings,
     ModelSettings,
+    ResilienceSettings,
     ShadowSettings,
     TrafficLogSettings,
 )
-from serving.errors import Overloaded
+from serving.errors import ModelError, ModelTimeout, ModelUnavailable, Overloaded
 from serving.metrics import GatewayMetrics, RequestUsage
 from serving.policy import PolicyInForce, policy_in_force
 from serving.replica import ModelRunner, swap_runner
@@ -38,6 +50,15 @@ from serving.traffic_log import TrafficLogWriter, TrafficRecord
 from serving.vocabulary import ROLES, LogReason, Route, request_path, teacher_reason
 
 logger = logging.getLogger("cascade.gateway")
+
+_REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
+"""A replica died or cannot be reached: worth one retry (Ray routes it to another, or a new, replica)."""
+_ATTEMPTS_WHEN_GONE = 2
+
+
+def _public_name(location: str) -> str:
+    """What ``/v1/models`` shows of a model's location: a folder's name, never the path on the server."""
+    return Path(location).name if os.path.isabs(location) else location
 
 
 class Gateway:
@@ -52,15 +73,20 @@ class Gateway:
         student: Any | None,
         teacher: Any,
         colocated_student: dict[str, Any] | None = None,
+        *,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._handles: dict[str, Any] = {"student": student, "teacher": teacher}
         self._local: dict[str, ModelRunner] = {}
         self._colocated = ModelSettings.model_validate(colocated_student) if colocated_student else None
-        self._metrics = GatewayMetrics()
+        self._metrics = metrics or GatewayMetrics()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._random = random.Random()
         self._traffic_log: TrafficLogWriter | None = None
         self._traffic_log_settings: TrafficLogSettings | None = None
+        self._resilience: ResilienceSettings | None = None
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._auth = Authenticator()
         # Ray Serve calls reconfigure(user_config) right after construction, before any request.
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -73,6 +99,9 @@ class Gateway:
         self._labels: list[str] = roles["student"]["labels"]
         self._versions = {role: roles[role]["version"] for role in ROLES}
         self._limits = LimitSettings.model_validate(user_config.get("limits", {}))
+        self._configure_resilience(ResilienceSettings.model_validate(user_config.get("resilience", {})))
+        auth = user_config.get("auth")
+        self._auth.configure(AuthSettings.model_validate(auth) if isinstance(auth, dict) else None)
         self._shadow = ShadowSettings.model_validate(user_config.get("shadow", {}))
         cost = CostSettings.model_validate(user_config.get("cost", {}))
         drift = DriftSettings.model_validate(user_config.get("drift", {}))
@@ -93,6 +122,14 @@ class Gateway:
             window=drift.window,
             min_samples=drift.min_samples,
         )
+
+    def _configure_resilience(self, settings: ResilienceSettings) -> None:
+        """Timeouts apply at once; the breakers start over (closed) only when their settings change."""
+        if self._resilience is None or settings.breaker != self._resilience.breaker:
+            self._breakers = {
+                role: CircuitBreaker(settings.breaker.failures, settings.breaker.open_s) for role in ROLES
+            }
+        self._resilience = settings
 
     def _configure_traffic_log(self, settings: TrafficLogSettings) -> None:
         """(Re)open the traffic-log writer when its settings change; the old one flushes and closes."""
@@ -153,11 +190,61 @@ class Gateway:
         if getattr(self, "_traffic_log", None) is not None:
             self._traffic_log.close()  # type: ignore[union-attr]
 
-    async def _call(self, role: str, texts: list[str]) -> tuple[np.ndarray, float]:
-        """Send ``texts`` to a role in chunks that fit its batch, concurrently; map Ray's errors.
-
-        Returns the logits and the compute seconds they used on the role's replicas.
+    async def _call(self, role: str, texts: list[str], deadline: float | None = None) -> tuple[np.ndarray, float]:
+        """Send ``texts`` to a role, guarded: breaker, timeout (the role's, or less if ``deadline`` is nearer),
+        one retry when the replica died. Returns the logits and the compute seconds they used.
         """
+        assert self._resilience is not None
+        breaker = self._breakers[role]
+        if not breaker.allow():
+            self._metrics.record_model_failure(role, "breaker_open")
+            raise ModelUnavailable(
+                f"the {role} is failing; its circuit breaker is open", retry_after_s=breaker.retry_after_s
+            )
+        role_timeout = getattr(self._resilience, f"{role}_timeout_s")
+        budget = role_timeout if deadline is None else min(role_timeout, deadline - time.monotonic())
+        try:
+            result = await asyncio.wait_for(self._call_with_retry(role, texts), timeout=max(budget, 0.0))
+        except TimeoutError:
+            self._failed(role, "timeout")
+            raise ModelTimeout(f"the {role} did not answer within {budget:.2f} s") from None
+        except Overloaded:
+            breaker.release_probe()  # a full queue says nothing about whether the model works
+            self._metrics.record_model_failure(role, "overloaded")
+            raise
+        except _REPLICA_GONE:
+            self._failed(role, "unavailable")
+            logger.warning("the %s replica is gone", role, exc_info=True)
+            raise ModelUnavailable(f"the {role} is not available; retry shortly") from None
+        except asyncio.CancelledError:
+            breaker.release_probe()
+            raise
+        except Exception:  # the model's code raised: logged here, the client gets no internals
+            self._failed(role, "error")
+            logger.error("the %s failed on a call", role, exc_info=True)
+            raise ModelError(f"the {role} failed on this request") from None
+        breaker.record_success()
+        self._metrics.record_circuit(role, False)
+        return result
+
+    def _failed(self, role: str, failure: str) -> None:
+        breaker = self._breakers[role]
+        breaker.record_failure()
+        self._metrics.record_model_failure(role, failure)
+        self._metrics.record_circuit(role, breaker.state != "closed")
+
+    async def _call_with_retry(self, role: str, texts: list[str]) -> tuple[np.ndarray, float]:
+        for attempt in range(1, _ATTEMPTS_WHEN_GONE + 1):
+            try:
+                return await self._call_once(role, texts)
+            except _REPLICA_GONE:
+                if attempt == _ATTEMPTS_WHEN_GONE:
+                    raise
+                logger.warning("a %s replica went away mid-call; retrying once", role)
+        raise AssertionError("unreachable")
+
+    async def _call_once(self, role: str, texts: list[str]) -> tuple[np.ndarray, float]:
+        """Send ``texts`` in chunks that fit the role's batch, concurrently; map back-pressure."""
         size = self._roles[role]["max_batch_size"]
         local = self._local.get(role)
         call = local.logits if local is not None else self._handles[role].logits.remote
@@ -168,11 +255,15 @@ class Gateway:
         return np.concatenate([logits for logits, _ in parts], axis=0), sum(seconds for _, seconds in parts)
 
     async def _seed_teacher_speed(self) -> None:
-        """Before the teacher has run, price its texts by what its warm-up measured."""
+        """Before the teacher has run, price its texts by what its warm-up measured (skipped while it fails)."""
+        if self._metrics.teacher_seconds_per_text is not None or self._breakers["teacher"].state != "closed":
+            return
+        try:
+            info = await asyncio.wait_for(self._handles["teacher"].info.remote(), c.READINESS_PROBE_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - pricing waits for the teacher's first answer instead
+            return
         if self._metrics.teacher_seconds_per_text is None:
-            info = await self._handles["teacher"].info.remote()
-            if self._metrics.teacher_seconds_per_text is None:
-                self._metrics.teacher_seconds_per_text = float(info["seconds_per_text"])
+            self._metrics.teacher_seconds_per_text = float(info["seconds_per_text"])
 
     def _maybe_shadow(self, request_id: str, texts: list[str], labels: list[str], probs: list[Any]) -> None:
         """Sample the student's answers for a shadow call to the teacher; never waits, never queues."""
@@ -196,6 +287,9 @@ class Gateway:
     async def _shadow_call(
         self, request_id: str, texts: list[str], student_labels: list[str], student_probs: list[Any]
     ) -> None:
+        if self._breakers["teacher"].state != "closed":
+            self._metrics.record_shadow("dropped", texts=len(texts))
+            return
         try:
             logits, seconds = await self._call("teacher", texts)
         except Overloaded:
@@ -225,45 +319,71 @@ class Gateway:
         """Reject by ``Content-Length`` before the body is read, when the client declares one."""
         check_body_size(content_length, self._limits)
 
-    async def answer(self, body: bytes, request_id: str) -> dict[str, Any]:
+    def identify(self, authorization: str | None) -> Caller:
+        """Who calls (``Unauthorized`` when keys are on and this is not one of them)."""
+        return self._auth.identify(authorization)
+
+    async def answer(self, body: bytes, request_id: str, caller: Caller = ANONYMOUS_CALLER) -> dict[str, Any]:
         """Classify the texts of one request body; the cascade decides who answers unless ``route`` says."""
+        assert self._resilience is not None
+        caller.admit_request()
         parsed = parse_classify_request(body, self._limits)
+        if parsed.route == "teacher":
+            caller.check_forced_teacher()
+        timeout = self._resilience.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._answer(parsed.texts, parsed.route, request_id, caller, time.monotonic() + timeout)
+        except TimeoutError:
+            raise ModelTimeout(
+                f"the request did not finish within {timeout:g} s (resilience.request_timeout_s)"
+            ) from None
+
+    async def _answer(
+        self, texts: list[str], route: Route, request_id: str, caller: Caller, deadline: float
+    ) -> dict[str, Any]:
+        assert self._resilience is not None
         started = time.perf_counter()
         usage = RequestUsage()
         await self._seed_teacher_speed()
 
-        async def student(texts: list[str]) -> np.ndarray:
-            logits, usage.student_seconds = await self._call("student", texts)
+        async def student(batch: list[str]) -> np.ndarray:
+            logits, usage.student_seconds = await self._call("student", batch, deadline)
             return logits
 
-        async def teacher(texts: list[str]) -> np.ndarray:
-            logits, usage.teacher_seconds = await self._call("teacher", texts)
+        async def teacher(batch: list[str]) -> np.ndarray:
+            caller.take_teacher_texts(len(batch))
+            logits, usage.teacher_seconds = await self._call("teacher", batch, deadline)
             return logits
 
         outcome = await run_cascade(
-            parsed.texts,
-            parsed.route,
+            texts,
+            route,
             policy=self._policy,
             labels=self._labels,
             teacher_temperature=self._roles["teacher"]["temperature"],
             student=student,
             teacher=teacher,
+            degrade=self._resilience.on_teacher_failure == "degrade",
         )
         served_by = [result.served_by for result in outcome.results]
         self._metrics.record_request(
             served_by=served_by,
-            path=request_path(parsed.route, bool(outcome.teacher_rows)),
+            path=request_path(route, bool(outcome.teacher_rows)),
             duration_s=time.perf_counter() - started,
             student_confidence=outcome.student_confidence,
             usage=usage,
         )
-        self._log_outcome(request_id, parsed.texts, parsed.route, outcome)
+        self._metrics.record_key(caller.name, usage.teacher_seconds)
+        if outcome.degraded_reason is not None:
+            self._metrics.record_degraded(outcome.degraded_reason, len(outcome.degraded_rows))
+        self._log_outcome(request_id, texts, route, outcome)
         answered = [i for i, who in enumerate(served_by) if who == "student"]
         probs = outcome.student_probabilities
-        if answered and self._shadow.rate > 0 and probs is not None:
+        if answered and self._shadow.rate > 0 and probs is not None and outcome.degraded_reason is None:
             self._maybe_shadow(
                 request_id,
-                [parsed.texts[i] for i in answered],
+                [texts[i] for i in answered],
                 [outcome.results[i].label for i in answered],
                 [probs[i] for i in answered],
             )
@@ -275,7 +395,9 @@ class Gateway:
     def describe(self) -> dict[str, Any]:
         """The models behind each role, and the cascade rule in force (``GET /v1/models``)."""
         return {
-            "roles": self._roles,
+            "roles": {
+                role: {**summary, "model": _public_name(summary["model"])} for role, summary in self._roles.items()
+            },
             "cascade": {
                 "signal": self._policy.signal.value,
                 "threshold": self._policy.threshold,
@@ -287,6 +409,11 @@ class Gateway:
                 "expected_escalation_rate": self._in_force.expected_escalation_rate,
             },
             "limits": self._limits.model_dump(),
+            "resilience": {
+                **(self._resilience.model_dump() if self._resilience is not None else {}),
+                "breakers": {role: breaker.state for role, breaker in self._breakers.items()},
+            },
+            "auth": {"enabled": self._auth.enabled},
         }
 
     async def readiness(self, probe_timeout_s: float) -> dict[str, str]:

@@ -11,6 +11,8 @@ Errors map to the one body shape here, through ``serving.errors.error_response``
 # No ``from __future__ import annotations`` here: FastAPI must see the real ``Request`` annotations
 # of the ingress methods, which Ray Serve's class-based ingress wraps.
 import logging
+import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import constants as c
-from serving.errors import CascadeError, Overloaded, error_response
+from serving.errors import CascadeError, error_headers, error_response
 from serving.gateway import Gateway
 from serving.schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, check_content_type
 
@@ -74,11 +76,8 @@ async def _one_error_shape(request: Request, error: Exception) -> JSONResponse:
     """
     status, body = error_response(error)
     if status >= 500:
-        logger.error("request %s failed", request.headers.get("x-request-id", "-"), exc_info=error)
-    response = JSONResponse(body, status)
-    if isinstance(error, Overloaded):
-        response.headers["Retry-After"] = "1"
-    return response
+        logger.error("request %s failed", safe_request_id(request.headers.get("x-request-id")), exc_info=error)
+    return JSONResponse(body, status, headers=error_headers(error))
 
 
 # Ours (4xx and 503) through Starlette's exception middleware; anything else through its server-error
@@ -94,8 +93,18 @@ _CLASSIFY_OPENAPI = {
     }
 }
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 422, 429, 500, 503, 504)
 }
+_MODELS_ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (401, 429)}
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def safe_request_id(header: str | None) -> str:
+    """The client's ``X-Request-Id`` if it is short and plain; otherwise a new one (what we log and store)."""
+    if header is not None and _REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -122,19 +131,21 @@ class GatewayIngress(Gateway):
     async def classify(self, request: Request) -> dict[str, Any]:
         """Classify one text or a list of texts; the cascade decides who answers unless ``route`` says."""
         try:
+            caller = self.identify(request.headers.get("authorization"))
             check_content_type(request.headers.get("content-type"))
             self.check_declared_size(request.headers.get("content-length"))
             body = await _read_body(request, self.max_body_bytes)
-            answer = await self.answer(body, request.headers.get("x-request-id", ""))
+            answer = await self.answer(body, safe_request_id(request.headers.get("x-request-id")), caller)
         except Exception as error:
             self.record_response(error_response(error)[0])
             raise  # the exception handlers turn it into the error body
         self.record_response(200)
         return answer
 
-    @app.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
+    @app.get("/v1/models", responses=_MODELS_ERRORS)
+    async def models(self, request: Request) -> dict[str, Any]:
         """The models behind each role, and the cascade rule in force."""
+        self.identify(request.headers.get("authorization"))
         return self.describe()
 
     @app.get("/healthz")

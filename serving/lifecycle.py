@@ -12,7 +12,9 @@ import threading
 from typing import Any
 
 from serving import constants as c
+from serving.auth import exposure_notice
 from serving.config import GatewayConfig
+from serving.front_proxy import HAProxy, free_local_port, wanted
 from serving.process import wait_until_ready
 from serving.swap import follow_registry
 
@@ -48,9 +50,14 @@ def serve_gateway(
 
     from serving.application import build_app, build_direct_student_app
 
+    notice = exposure_notice(config.auth, config.http.host)  # refuses an open non-loopback address
     application = build_app(config)  # resolves and verifies both models before Ray starts
     stop = stop or threading.Event()
     own_ray = ray_address is None
+    # On one machine HAProxy takes the public address and Ray Serve's proxy listens behind it on
+    # loopback. Joining a cluster, Serve's proxies are the cluster's (see deploy/kuberay/).
+    front, front_notice = wanted(config.http.front_proxy) if own_ray else (False, None)
+    serve_host, serve_port = ("127.0.0.1", free_local_port()) if front else (config.http.host, config.http.port)
     c.apply_ray_environment_defaults()
     quiet = log_level not in ("DEBUG", "INFO")
     if own_ray and quiet:
@@ -72,8 +79,9 @@ def serve_gateway(
         **(_local_metrics_options(config.metrics.port) if own_ray else {}),
     )
     logging_config = LoggingConfig(log_level=log_level, enable_access_log=False)
+    proxy: HAProxy | None = None
     try:
-        serve.start(http_options=HTTPOptions(host=config.http.host, port=config.http.port))
+        serve.start(http_options=HTTPOptions(host=serve_host, port=serve_port))
         serve.run(application, name=c.SERVE_APP_NAME, route_prefix="/", blocking=False, logging_config=logging_config)
         if direct_student:
             serve.run(
@@ -83,16 +91,38 @@ def serve_gateway(
                 blocking=False,
                 logging_config=logging_config,
             )
+        if front:
+            proxy = HAProxy(
+                config.http.front_proxy,
+                listen_host=config.http.host,
+                listen_port=config.http.port,
+                serve_port=serve_port,
+            )
         base_url = f"http://{config.http.host}:{config.http.port}"
         wait_until_ready(base_url, startup_timeout_s)
         if own_ray:
             print("Ray: a private local cluster with token authentication (token in ~/.ray/auth_token)", flush=True)
         print(f"cascade-gateway listening on {base_url}  (docs: {base_url}/docs; Ctrl-C stops)", flush=True)
+        if proxy is not None:
+            print("front proxy: HAProxy (timeouts, connection limit, bounded queue; README, Security)", flush=True)
+        for warning in (notice, front_notice):
+            if warning:
+                print(f"warning: {warning}", flush=True)
         if own_ray:
-            print(f"metrics for Prometheus: http://{config.http.host}:{config.metrics.port}/metrics", flush=True)
+            print(f"metrics for Prometheus: http://127.0.0.1:{config.metrics.port}/metrics", flush=True)
         follow_registry(config, stop, app_name=c.SERVE_APP_NAME)
     finally:
         print("cascade-gateway stopping…", flush=True)
+        if proxy is not None:
+            # Drain: new requests get 503 "draining" with Retry-After; the accepted ones finish.
+            left = proxy.drain(c.DRAIN_TIMEOUT_S)
+            print(
+                "drained: every accepted request answered"
+                if not left
+                else f"drain timed out after {c.DRAIN_TIMEOUT_S:g} s with {left} requests in flight",
+                flush=True,
+            )
+            proxy.stop()
         # Deleting our applications shuts their replicas down gracefully (the traffic log flushes).
         # A private Ray then ends with everything in it; serve.shutdown() is not called, as it makes
         # the raylet print a retried "graceful_shutdown failed" task for a controller it just killed.

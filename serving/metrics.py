@@ -21,7 +21,16 @@ import numpy as np
 
 from router.cost import SavingsCarry, dollars_for
 from router.drift import RollingHistogram, population_stability_index
-from serving.vocabulary import REQUEST_PATHS, ROLES, SHADOW_OUTCOMES, RequestPath, ShadowOutcome
+from serving.vocabulary import (
+    DEGRADED_REASONS,
+    FAILURES,
+    REQUEST_PATHS,
+    ROLES,
+    SHADOW_OUTCOMES,
+    DegradedReason,
+    RequestPath,
+    ShadowOutcome,
+)
 
 RAY_PREFIX = "ray_"
 
@@ -41,6 +50,11 @@ HTTP_RESPONSES = "cascade_http_responses_total"
 EXPECTED_ESCALATION = "cascade_expected_escalation_rate"
 TRAFFIC_LOG_WRITTEN = "cascade_traffic_log_written_total"
 TRAFFIC_LOG_DROPPED = "cascade_traffic_log_dropped_total"
+DEGRADED = "cascade_degraded_total"
+MODEL_FAILURES = "cascade_model_failures_total"
+CIRCUIT_OPEN = "cascade_circuit_open"
+KEY_REQUESTS = "cascade_key_requests_total"
+KEY_TEACHER_SECONDS = "cascade_key_teacher_seconds_total"
 
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "served_by": ROLES,
@@ -49,7 +63,10 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "role": (*ROLES, "shadow"),
     "outcome": SHADOW_OUTCOMES,
     "status_class": ("2xx", "4xx", "5xx"),
+    "degraded_reason": DEGRADED_REASONS,
+    "failure": (*FAILURES, "breaker_open"),
 }
+"""``key`` (an API key's name) is bounded too: its values are the names in the config and keys file."""
 
 DURATION_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 CONFIDENCE_BUCKETS = [round(0.05 * i, 2) for i in range(1, 20)]  # the 20 bins of the calibration reference
@@ -99,6 +116,25 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(HTTP_RESPONSES, "counter", "HTTP responses of the ingress by status class.", ("status_class",)),
         MetricSpec(TRAFFIC_LOG_WRITTEN, "counter", "Traffic-log records written to a shard."),
         MetricSpec(TRAFFIC_LOG_DROPPED, "counter", "Traffic-log records dropped (buffer full, or a shard failed)."),
+        MetricSpec(
+            DEGRADED,
+            "counter",
+            "Texts answered by the other model because one could not answer (see the README's failure modes).",
+            ("degraded_reason",),
+        ),
+        MetricSpec(
+            MODEL_FAILURES,
+            "counter",
+            "Calls to a role that failed, by kind (breaker_open: refused at once, the breaker being open).",
+            ("role", "failure"),
+        ),
+        MetricSpec(
+            CIRCUIT_OPEN, "gauge", "1 while this ingress replica's breaker for a role is open or probing.", ("role",)
+        ),
+        MetricSpec(KEY_REQUESTS, "counter", "Requests admitted, by API key name ('anonymous' without keys).", ("key",)),
+        MetricSpec(
+            KEY_TEACHER_SECONDS, "counter", "Teacher compute seconds spent on each API key's requests.", ("key",)
+        ),
         MetricSpec(
             EXPECTED_ESCALATION,
             "gauge",
@@ -246,6 +282,21 @@ class GatewayMetrics:
             if increase > 0:
                 self._m[name].inc(increase)
                 self._traffic_log_seen[name] = total
+
+    def record_degraded(self, reason: DegradedReason, texts: int) -> None:
+        self._m[DEGRADED].inc(texts, tags={"degraded_reason": reason})
+
+    def record_model_failure(self, role: str, failure: str) -> None:
+        self._m[MODEL_FAILURES].inc(1, tags={"role": role, "failure": failure})
+
+    def record_circuit(self, role: str, is_open: bool) -> None:
+        self._m[CIRCUIT_OPEN].set(1.0 if is_open else 0.0, tags={"role": role})
+
+    def record_key(self, key: str, teacher_seconds: float) -> None:
+        """One admitted request of an API key, and the teacher seconds it used."""
+        self._m[KEY_REQUESTS].inc(1, tags={"key": key})
+        if teacher_seconds > 0:
+            self._m[KEY_TEACHER_SECONDS].inc(teacher_seconds, tags={"key": key})
 
     def record_response(self, status: int) -> None:
         self._m[HTTP_RESPONSES].inc(1, tags={"status_class": f"{min(max(status // 100, 2), 5)}xx"})

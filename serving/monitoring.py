@@ -149,6 +149,15 @@ def alert_rules(thresholds: AlertThresholds = AlertThresholds()) -> dict[str, An
             f"${t.cost_per_request_budget_dollars}.",
         ),
         alert(
+            "CascadeCircuitOpen",
+            f"max by (role) ({P}{m.CIRCUIT_OPEN}) > 0",
+            "2m",
+            "page",
+            "A model role is failing: its circuit breaker is open",
+            "The {{ $labels.role }} fails or times out repeatedly; escalated texts are answered degraded "
+            "(or refused with on_teacher_failure: fail).",
+        ),
+        alert(
             "CascadeHighErrorRate",
             f"{ERROR_RATIO} > {t.error_ratio}",
             "5m",
@@ -291,6 +300,29 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                 [(f"({_r(m.HTTP_RESPONSES, FIVE_XX)} or vector(0)) / {_r(m.HTTP_RESPONSES)}", "5xx")],
                 "percentunit",
                 "stat",
+            ),
+            Panel(
+                "Degraded answers per second by reason",
+                [(f"{_r(m.DEGRADED, by='degraded_reason')} or vector(0)", "{{degraded_reason}}")],
+                "ops",
+                description="A text answered by the other model because the one the cascade chose could not.",
+            ),
+            Panel(
+                "Model call failures per second by role and kind",
+                [(f"{_r(m.MODEL_FAILURES, by='role, failure')} or vector(0)", "{{role}} {{failure}}")],
+                "ops",
+            ),
+            Panel(
+                "Circuit breakers open (ingress replicas)",
+                [(f"sum by (role) ({P}{m.CIRCUIT_OPEN})", "{{role}}")],
+                "short",
+            ),
+            Panel("Requests per second by API key", [(_r(m.KEY_REQUESTS, by="key"), "{{key}}")], "reqps"),
+            Panel(
+                "Teacher seconds per second by API key",
+                [(_r(m.KEY_TEACHER_SECONDS, by="key"), "{{key}}")],
+                "short",
+                description="Teacher compute each key's requests used: the share of the teacher it occupies.",
             ),
         ],
     ),

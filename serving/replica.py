@@ -11,6 +11,7 @@ watcher that triggers it in ``serving.swap``.
 # (the direct-student endpoint) hands FastAPI the real ``Request`` annotation.
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -170,7 +171,8 @@ class ModelReplica:
         return await self.runner.logits(texts)
 
     def info(self) -> dict[str, Any]:
-        return self.runner.info()
+        """The runner's description, and this replica's process id (for operators and fault drills)."""
+        return {**self.runner.info(), "pid": os.getpid()}
 
     async def __call__(self, request: Request) -> JSONResponse:
         """The replica as its own HTTP endpoint (``cascade serve --direct-student``), for load tests only.

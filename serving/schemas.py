@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.config import LimitSettings
 from serving.errors import InvalidJSON, InvalidRequest, LimitExceeded, PayloadTooLarge, UnsupportedMediaType
-from serving.vocabulary import Role, Route
+from serving.vocabulary import DegradedReason, Role, Route
 
 
 class ClassifyRequest(BaseModel):
@@ -38,6 +38,12 @@ class ClassifyResult(BaseModel):
     served_by: Role
     escalated: bool
     scores: dict[str, float]
+    degraded: bool = Field(
+        False, description="The model the cascade wanted could not answer; the other one did (see degraded_reason)."
+    )
+    degraded_reason: DegradedReason | None = Field(
+        None, description="Who could not answer and why, e.g. teacher_timeout; null when not degraded."
+    )
 
 
 class ClassifyResponse(BaseModel):

@@ -6,6 +6,10 @@ renamed), so a shard on disk is always whole: a crash loses at most the records 
 last flush, never a shard written before. Shards rotate by time (``flush_interval_s``) and size
 (``max_rows_per_shard``, which also flushes early).
 
+Privacy by default: a reason that ``text_policy`` does not name keeps a salted hash, not the text;
+shards are written 0600 in folders made 0700 (only the gateway's user reads them); a request id is
+kept to ``MAX_REQUEST_ID_CHARS``.
+
 Writing never blocks or fails a request: ``record`` only appends to a bounded buffer, the flush runs
 in a background thread, and a record that finds the buffer full, or a flush that fails (slow or full
 disk), is dropped and counted (``dropped``, exported as ``cascade_traffic_log_dropped_total``).
@@ -31,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -43,6 +48,7 @@ from typing import Any, Literal
 from serving.vocabulary import LogReason
 
 SCHEMA_VERSION = 1
+MAX_REQUEST_ID_CHARS = 128
 TextPolicy = Literal["text", "hash", "none"]
 
 logger = logging.getLogger("cascade.traffic_log")
@@ -100,7 +106,7 @@ class TrafficLogWriter:
         self.folder = Path(path) / (writer_id or f"writer-{uuid.uuid4().hex[:12]}")
         self.labels = list(labels)
         self.text_policy = text_policy
-        self.salt = salt
+        self.salt = salt or secrets.token_hex(16)  # no salt given: hashes compare within this writer only
         self.flush_interval_s = flush_interval_s
         self.max_rows_per_shard = max_rows_per_shard
         self.retention_days = retention_days
@@ -159,7 +165,7 @@ class TrafficLogWriter:
 
         columns = {
             "schema_version": [SCHEMA_VERSION] * len(batch),
-            "request_id": [r.request_id for r in batch],
+            "request_id": [r.request_id[:MAX_REQUEST_ID_CHARS] for r in batch],
             "time": [int(r.time * 1000) for r in batch],
             "reason": [r.reason for r in batch],
             "text": [r.text if self._policy(r) == "text" else None for r in batch],
@@ -174,18 +180,19 @@ class TrafficLogWriter:
             {"cascade.schema_version": str(SCHEMA_VERSION), "cascade.labels": "\n".join(self.labels)}
         )
         table = pa.Table.from_pydict(columns, schema=schema)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._sequence += 1
         final = self.folder / f"shard-{int(time.time() * 1000):013d}-{self._sequence:06d}.parquet"
         staging = final.with_suffix(".parquet.tmp")
-        pq.write_table(table, staging)
+        with open(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as sink:
+            pq.write_table(table, sink)
         with open(staging, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(staging, final)
         return final
 
     def _policy(self, record: TrafficRecord) -> TextPolicy:
-        return self.text_policy.get(record.reason, "text")
+        return self.text_policy.get(record.reason, "hash")
 
     def _hash(self, text: str) -> str:
         return hashlib.sha256((self.salt + text).encode("utf-8")).hexdigest()

@@ -10,6 +10,8 @@ and the registry, so that a response, a metric label and a log row say the same 
                                       shadow       a sampled student answer, checked off the latency path
     log reason                        the three above, or sampled (logged; the teacher did not run)
     path (an HTTP request's latency)  student | escalation | forced
+    failure (why a role did not answer) timeout | unavailable | overloaded | error | budget
+    degraded reason                   <role>_<failure>: who could not answer, e.g. teacher_timeout
 """
 
 from __future__ import annotations
@@ -31,6 +33,33 @@ REQUEST_PATHS: tuple[RequestPath, ...] = ("student", "escalation", "forced")
 
 ShadowOutcome = Literal["agree", "disagree", "dropped", "failed"]
 SHADOW_OUTCOMES: tuple[ShadowOutcome, ...] = ("agree", "disagree", "dropped", "failed")
+
+Failure = Literal["timeout", "unavailable", "overloaded", "error", "budget"]
+FAILURES: tuple[Failure, ...] = ("timeout", "unavailable", "overloaded", "error", "budget")
+"""``budget``: the API key's teacher budget is spent (the teacher was not asked)."""
+
+DegradedReason = Literal[
+    "teacher_timeout",
+    "teacher_unavailable",
+    "teacher_overloaded",
+    "teacher_error",
+    "teacher_budget",
+    "student_timeout",
+    "student_unavailable",
+    "student_overloaded",
+    "student_error",
+]
+DEGRADED_REASONS: tuple[DegradedReason, ...] = (
+    "teacher_timeout",
+    "teacher_unavailable",
+    "teacher_overloaded",
+    "teacher_error",
+    "teacher_budget",
+    "student_timeout",
+    "student_unavailable",
+    "student_overloaded",
+    "student_error",
+)
 
 REGISTRY_PREFIX = "registry:"
 """A config's ``model: registry:<root>/<role>`` names the version currently promoted for that role."""

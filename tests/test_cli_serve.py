@@ -5,6 +5,10 @@ Two servers, one per threshold: τ = 0 never escalates, τ = 1.5 always does.
 
 from __future__ import annotations
 
+import json
+import re
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +26,8 @@ pytestmark = pytest.mark.slow  # `cascade serve` processes
 
 # About 25 s on an idle 2-core machine; generous, because a busy CI machine can be several times slower.
 STARTUP_DEADLINE_S = 420.0
+HEADER_TIMEOUT_S = 2.0
+STALLED_CONNECTIONS = 300  # more than the ingress's 256 slots: without the front proxy they starve everyone
 
 
 def ray_core_pids() -> set[int]:
@@ -52,7 +58,9 @@ def server(
     threshold: float = request.param
     folder = tmp_path_factory.mktemp("serve")
     port = free_port()
-    config = write_config(folder / "gateway.yaml", gateway_config(tiny_pair, threshold=threshold, port=port))
+    settings = gateway_config(tiny_pair, threshold=threshold, port=port)
+    settings["http"]["front_proxy"] = {"kind": "haproxy", "header_timeout_s": HEADER_TIMEOUT_S}
+    config = write_config(folder / "gateway.yaml", settings)
     before = ray_core_pids()
     # Ready means /readyz answered 200; on failure it stops the server and raises with its log's tail.
     gateway = GatewayProcess(
@@ -119,6 +127,62 @@ def test_bad_input_gets_its_4xx_and_the_next_request_succeeds(
     assert follow_up.status_code == 200
 
 
+def _raw(url: str, data: bytes, wait_s: float = 30.0) -> bytes:
+    """Send raw bytes on one connection and read until the server closes it."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait_s) as connection:
+        connection.sendall(data)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+def _error_of(response: bytes) -> tuple[int, str, dict[str, str]]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), json.loads(body)["error"]["type"], headers
+
+
+def test_stalled_connections_do_not_starve_well_behaved_clients(server: Server) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    stalled = []
+    try:
+        for _ in range(STALLED_CONNECTIONS):  # headers sent, the body never finished
+            connection = socket.create_connection((host, int(port)), timeout=30)
+            connection.sendall(
+                b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"inp'
+            )
+            stalled.append(connection)
+        for _ in range(5):
+            response = httpx.post(f"{server.url}/v1/classify", json={"inputs": "hi"}, timeout=30)
+            assert response.status_code == 200, response.text
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+        received = b""
+        while chunk := stalled[0].recv(65536):  # cut at the header timeout, in the one error shape
+            received += chunk
+        assert _error_of(received)[:2] == (408, "request_timeout")
+    finally:
+        for connection in stalled:
+            connection.close()
+
+
+def test_an_unsafe_request_id_is_replaced_before_it_reaches_ray(server: Server) -> None:
+    body = b'{"inputs": "hi"}'
+    for unsafe in (b"\xff\xfe-not-utf-8", b"has space", b"x" * 200):
+        response = _raw(
+            server.url,
+            b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            b"X-Request-Id: " + unsafe + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+        )
+        head = response.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+        assert head.startswith("http/1.1 200"), head
+        request_id = next(line for line in head.split("\r\n") if line.startswith("x-request-id:")).split(":", 1)[1]
+        assert re.fullmatch(r"[0-9a-z._:-]{1,128}", request_id.strip()), request_id
+
+
 def test_a_body_that_is_not_json_gets_415(server: Server) -> None:
     form = httpx.post(f"{server.url}/v1/classify", data={"inputs": "hi"}, timeout=30)  # what curl -d sends
     assert form.status_code == 415 and form.json()["error"]["type"] == "unsupported_media_type"
@@ -141,3 +205,47 @@ def test_service_endpoints(server: Server) -> None:
     assert "/v1/classify" in schema["paths"]
     missing = httpx.get(f"{server.url}/v2/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
+
+
+def test_ctrl_c_drains_accepted_requests_and_refuses_new_ones_in_the_one_shape(
+    tiny_pair: TinyPair, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = gateway_config(tiny_pair, threshold=1.5, port=port)  # every text escalates: longer requests
+    settings["http"]["front_proxy"] = {"kind": "haproxy"}
+    config = write_config(tmp_path / "gateway.yaml", settings)
+    gateway = GatewayProcess(config, tmp_path / "serve.log", port=port, startup_timeout_s=STARTUP_DEADLINE_S)
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post(f"{gateway.url}/v1/classify", json={"inputs": TEXTS})
+                except httpx.ConnectError:
+                    outcomes.append("refused")  # the listener is gone: nothing was accepted
+                    time.sleep(0.05)
+                    continue
+                except httpx.HTTPError as error:
+                    outcomes.append(f"cut: {error!r}")  # accepted, then dropped: what a drain must prevent
+                    continue
+                kind = response.json().get("error", {}).get("type", "ok") if response.status_code != 200 else "ok"
+                outcomes.append(f"{response.status_code} {kind}")
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        end = time.monotonic() + 60
+        while outcomes.count("200 ok") < 20 and time.monotonic() < end:
+            time.sleep(0.05)
+        code = gateway.stop()  # Ctrl-C under load
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        gateway.stop()
+    assert code == 0, gateway.output()[-3000:]
+    assert "drained: every accepted request answered" in gateway.output(), gateway.output()[-3000:]
+    assert set(outcomes) <= {"200 ok", "503 draining", "refused"}, sorted(set(outcomes))

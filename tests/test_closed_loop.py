@@ -27,6 +27,7 @@ from distill.redistill import RedistillReport, RedistillSettings, run_redistill
 from distill.training import TrainSettings
 from router.signals import Signal
 from serving.config import parse_config
+from serving.constants import KEEP_TEXT_FOR_REDISTILL as OPT_IN_TEXT
 from serving.model_ref import resolve_model
 from serving.registry import Registry
 from serving.swap import follow_registry
@@ -133,7 +134,7 @@ def loop(
         "cascade": {"signal": "max_prob", "threshold": 0.9},
         "shadow": {"rate": 1.0, "max_in_flight": 64},
         "drift": {"window": 100, "min_samples": 50},
-        "traffic_log": {"path": str(log), "flush_interval_s": 0.3},
+        "traffic_log": {"path": str(log), "flush_interval_s": 0.3, "keep_text": OPT_IN_TEXT},
         "reload": {"poll_s": 0.3},
         "student": role(f"registry:{registry.root}/student"),
         "teacher": role(f"registry:{registry.root}/teacher"),

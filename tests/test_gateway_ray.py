@@ -148,3 +148,53 @@ def test_gateway_serves_a_learned_deferral_rule_from_the_manifest(
     for result, score in zip(results, scores, strict=True):
         if not result["escalated"]:
             assert result["confidence"] == pytest.approx(score, abs=1e-5)
+
+
+def test_api_keys_rotation_and_quota_apply_live_over_http(
+    gateway: tuple[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import time
+
+    import yaml
+    from ray import serve
+
+    from serving.application import build_app
+    from serving.auth import hash_key
+
+    url, config = gateway
+    keys_file = tmp_path_factory.mktemp("keys") / "keys.yaml"
+
+    def write_keys(*entries: tuple[str, str]) -> None:
+        keys = [{"name": name, "sha256": hash_key(secret), "requests_per_minute": 3} for name, secret in entries]
+        keys_file.write_text(yaml.safe_dump({"keys": keys}), encoding="utf-8")
+
+    def post(secret: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        return httpx.post(f"{url}/v1/classify", json={"inputs": "hi", "route": "student"}, headers=headers, timeout=60)
+
+    write_keys(("old", "old-secret"))
+    serve.run(build_app(parse_config({**config, "auth": {"keys_file": str(keys_file)}})), name=APP, route_prefix="/")
+    try:
+        missing = post(None)
+        assert missing.status_code == 401 and missing.json()["error"]["type"] == "unauthorized"
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        assert post("wrong").status_code == 401
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.get(f"{url}/healthz").status_code == 200  # probes need no key
+        assert post("old-secret").status_code == 200
+        write_keys(("old", "old-secret"), ("new", "new-secret"))  # rotation: both valid for a while
+        deadline = time.monotonic() + 30
+        while post("new-secret").status_code != 200:
+            assert time.monotonic() < deadline, "the new key was never accepted"
+            time.sleep(0.3)
+        # "old" has used 1 of its 3 a minute (its bucket survives the reload): two more pass, the next is over
+        assert [post("old-secret").status_code for _ in range(2)] == [200, 200]
+        limited = post("old-secret")
+        assert limited.status_code == 429 and limited.json()["error"]["type"] == "rate_limited"
+        assert int(limited.headers["retry-after"]) >= 1
+        write_keys(("new", "new-secret"))  # the old key is withdrawn
+        while post("old-secret").status_code != 401:
+            assert time.monotonic() < deadline, "the withdrawn key still works"
+            time.sleep(0.3)
+    finally:
+        serve.run(build_app(parse_config(config)), name=APP, route_prefix="/")

@@ -72,6 +72,13 @@ class Traffic:
         raise AssertionError(f"{version} never served; last: {self.seen[-5:]}")
 
 
+def _pid(role: str) -> int:
+    from ray import serve
+
+    info: dict[str, Any] = serve.get_deployment_handle(role, app_name=APP).info.remote().result(timeout_s=60)
+    return int(info["pid"])
+
+
 @pytest.fixture(params=[False, True], ids=["student-deployment", "student-colocated"])
 def swap_gateway(
     request: pytest.FixtureRequest, serve_port: int, tiny_pair: TinyPair, registry: Registry
@@ -100,6 +107,7 @@ def test_promotion_and_rollback_swap_in_place_with_no_failed_request(
     config = parse_config(swap_gateway)
     url = f"http://127.0.0.1:{serve_port}"
     before = registry_locations(config)
+    teacher_pid = _pid("teacher")
     with Traffic(url) as traffic:
         traffic.wait_for("tiny-student:1")
         registry.promote("student", "tiny-student", "2", reason="test")
@@ -111,6 +119,8 @@ def test_promotion_and_rollback_swap_in_place_with_no_failed_request(
         serve.run(build_app(config), name=APP, route_prefix="/")
         traffic.wait_for("tiny-student:1")
     statuses = [status for status, _ in traffic.seen]
+    # in place: the same teacher process throughout (Ray would otherwise roll every replica on serve.run)
+    assert _pid("teacher") == teacher_pid
     assert len(statuses) > 20
     assert set(statuses) == {200}, f"failed requests during the swaps: {[s for s in statuses if s != 200]}"
     versions = [v for _, v in traffic.seen]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,59 +13,16 @@ import pytest
 from router.cost import SavingsCarry
 from router.drift import RollingHistogram, population_stability_index
 from serving import metrics as m
-from serving.metrics import GatewayMetrics, MetricSpec, ReplicaMetrics, RequestUsage
+from serving.metrics import ReplicaMetrics, RequestUsage
 from serving.monitoring import alert_rules, generated_files, metrics_named, panel_queries, recording_rules
 from serving.report import COUNTERS, Samples, interval_deltas, parse_counters, summarise
+from tests.recorded_metrics import recording_factory, recording_metrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not found: install Debian's `prometheus` package (.ci/run does)"
 )
-
-
-class Recorded:
-    """A metric that keeps what was recorded, by label set (the real ones are Ray's, tested live)."""
-
-    def __init__(self, spec: MetricSpec) -> None:
-        self.spec = spec
-        self.values: dict[tuple[tuple[str, str], ...], float] = defaultdict(float)
-        self.observations: list[float] = []
-
-    def _key(self, tags: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
-        tags = tags or {}
-        assert set(tags) == set(self.spec.tag_keys), (self.spec.name, tags)
-        for key, value in tags.items():
-            if key in m.LABEL_VALUES:
-                assert value in m.LABEL_VALUES[key], (key, value)
-        return tuple(sorted(tags.items()))
-
-    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
-        assert value > 0
-        self.values[self._key(tags)] += value
-
-    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
-        self.values[self._key(tags)] = value
-
-    def observe(self, value: float, tags: dict[str, str] | None = None) -> None:
-        self._key(tags)
-        self.observations.append(value)
-
-
-def _factory() -> tuple[Callable[[MetricSpec], Recorded], dict[str, Recorded]]:
-    """A metric factory that keeps every metric it made, by name."""
-    made: dict[str, Recorded] = {}
-
-    def factory(spec: MetricSpec) -> Recorded:
-        made[spec.name] = Recorded(spec)
-        return made[spec.name]
-
-    return factory, made
-
-
-def _recording() -> tuple[GatewayMetrics, dict[str, Recorded]]:
-    factory, made = _factory()
-    return GatewayMetrics(factory), made
 
 
 def test_psi_is_zero_for_the_same_distribution_and_grows_with_shift() -> None:
@@ -103,7 +58,7 @@ def test_savings_carry_nets_negative_savings_and_never_emits_a_decrease() -> Non
 
 
 def test_gateway_metrics_account_cost_savings_and_escalations() -> None:
-    metrics, made = _recording()
+    metrics, made = recording_metrics()
     metrics.configure(
         student_dollars_per_hour=3600.0,  # $1 per compute second: the arithmetic stays readable
         teacher_dollars_per_hour=36000.0,
@@ -176,7 +131,7 @@ def test_gateway_metrics_account_cost_savings_and_escalations() -> None:
 
 
 def test_replica_metrics_track_queue_depth_and_model_version() -> None:
-    factory, made = _factory()
+    factory, made = recording_factory()
     replica = ReplicaMetrics("student", "3", factory)
     assert made[m.MODEL_INFO].values == {}
     replica.queued(5)

@@ -25,6 +25,7 @@ import yaml
 from loadtests import wait_until_settled
 from serving import metrics as m
 from serving.config import parse_config
+from serving.constants import KEEP_TEXT_FOR_REDISTILL
 from serving.monitoring import panel_queries, recording_rules
 from serving.report import from_metrics_endpoint, from_prometheus, parse_counters, summarise, write_report
 from tests.builders import TEXTS, TinyPair
@@ -172,7 +173,11 @@ def observed(
         cascade={},  # the student's calibration decides: expected escalation and the PSI reference apply
         shadow={"rate": 0.5, "max_in_flight": 1000},
         drift={"window": 200, "min_samples": 20},
-        traffic_log={"path": str(workdir / "traffic"), "flush_interval_s": 0.5, "keep_text": {"shadow": "hash"}},
+        traffic_log={
+            "path": str(workdir / "traffic"),
+            "flush_interval_s": 0.5,
+            "keep_text": {**KEEP_TEXT_FOR_REDISTILL, "shadow": "hash"},
+        },
         student={**config["student"], "model": str(student)},
     )
     prometheus = _start_prometheus(workdir, ray_session) if PROMETHEUS else None

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from distill.redistill import RedistillSettings, _exclusive, run_redistill
+from serving.constants import KEEP_TEXT_FOR_REDISTILL
 from serving.model_ref import resolve_model
 from serving.registry import Registry
 from serving.traffic_log import TrafficLogWriter, TrafficRecord
@@ -62,7 +63,9 @@ def setup(tiny_pair: TinyPair, tmp_path: Path) -> tuple[Registry, Path, TinyPair
     teacher = resolve_model(str(tiny_pair.teacher))
     texts = _texts(400, seed=1)
     logits = np.asarray([_rule(text) for text in texts])
-    writer = TrafficLogWriter(tmp_path / "log", list(teacher.labels), text_policy={}, flush_interval_s=3600)
+    writer = TrafficLogWriter(
+        tmp_path / "log", list(teacher.labels), text_policy=KEEP_TEXT_FOR_REDISTILL, flush_interval_s=3600
+    )
     for i, (text, row) in enumerate(zip(texts, logits, strict=True)):
         writer.record(
             TrafficRecord(f"r{i}", 1_700_000_000 + i, "escalation", text, "a", [0.4, 0.3, 0.3], row.tolist(), "s", "t")

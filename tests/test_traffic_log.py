@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -12,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from serving.traffic_log import SCHEMA_VERSION, TrafficLogWriter, TrafficRecord, read_traffic_log
+from serving.traffic_log import MAX_REQUEST_ID_CHARS, SCHEMA_VERSION, TrafficLogWriter, TrafficRecord, read_traffic_log
 
 LABELS = ["a", "b", "c"]
 
@@ -31,11 +34,25 @@ def _record(i: int, reason: str = "escalation") -> TrafficRecord:
     )
 
 
+def test_by_default_only_a_salted_hash_is_kept_in_files_only_the_owner_reads(tmp_path: Path) -> None:
+    writer = TrafficLogWriter(tmp_path, LABELS, text_policy={}, flush_interval_s=3600)
+    record = _record(1)
+    writer.record(dataclasses.replace(record, request_id="x" * 5000))
+    shard = writer.flush()
+    writer.close()
+    assert shard is not None
+    assert stat.S_IMODE(shard.stat().st_mode) == 0o600 and stat.S_IMODE(shard.parent.stat().st_mode) == 0o700
+    row = read_traffic_log(tmp_path)[0].to_pylist()[0]
+    assert row["text"] is None and len(row["text_hash"]) == 64
+    assert row["text_hash"] != hashlib.sha256(b"text 1").hexdigest()  # salted, even with no salt configured
+    assert row["request_id"] == "x" * MAX_REQUEST_ID_CHARS
+
+
 def test_records_round_trip_with_schema_version_labels_and_text_policies(tmp_path: Path) -> None:
     writer = TrafficLogWriter(
         tmp_path,
         LABELS,
-        text_policy={"shadow": "hash", "sampled": "none"},
+        text_policy={"escalation": "text", "shadow": "hash", "sampled": "none"},
         salt="pepper",
         flush_interval_s=3600,
     )

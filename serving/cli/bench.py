@@ -57,6 +57,27 @@ def _benchmark_loop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    from benchmarks.chaos import ChaosSettings, run_chaos, write_chaos_report
+
+    settings = ChaosSettings(
+        dataset=args.dataset,
+        output=args.output,
+        work=args.work,
+        config=args.config,
+        auto_rate=args.auto_rate,
+        student_rate=args.student_rate,
+        phase_s=args.phase_s,
+        hang_s=args.hang_s,
+        stalled=args.stalled,
+        overload_factor=args.overload_factor,
+    )
+    result = run_chaos(settings)
+    _, md = write_chaos_report(result, args.output, invocation())
+    print(md.read_text(encoding="utf-8"))
+    return 0 if all(v["met"] for v in result["verdicts"].values()) else 1
+
+
 def _loadtest(args: argparse.Namespace) -> int:
     from benchmarks.loadtest import LoadTestSettings, run_loadtest
 
@@ -115,6 +136,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     loop.add_argument("--redistill-lr", type=float, default=2e-3)
     loop.add_argument("--threads", type=int, default=1)
     loop.set_defaults(func=_benchmark_loop)
+
+    chaos = commands.add_parser(
+        "chaos", help="faults under constant load (kill, hang, stalled sockets, poison, overload): what clients saw"
+    )
+    chaos.add_argument(
+        "--dataset", type=Path, default=Path("distill/demo_data/dev.jsonl"), help="JSONL texts (default: the demo's)"
+    )
+    chaos.add_argument("--config", type=Path, help="gateway YAML (default: the embedded demo pair)")
+    chaos.add_argument("--output", type=Path, default=Path("docs/benchmarks"))
+    chaos.add_argument("--work", type=Path, default=Path("runs/chaos"))
+    chaos.add_argument("--auto-rate", type=float, default=30.0, help="route: auto requests per second")
+    chaos.add_argument("--student-rate", type=float, default=15.0, help="route: student requests per second")
+    chaos.add_argument("--phase-s", type=float, default=30.0, help="seconds per phase")
+    chaos.add_argument("--hang-s", type=float, default=20.0, help="seconds the teacher stays stopped")
+    chaos.add_argument("--stalled", type=int, default=1000, help="stalled connections held open")
+    chaos.add_argument("--overload-factor", type=float, default=3.0, help="the overload phase's load, x the base")
+    chaos.set_defaults(func=_chaos)
 
     load = commands.add_parser(
         "loadtest", help="teacher only, student only and the cascade under the same load, side by side"

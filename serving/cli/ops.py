@@ -68,7 +68,44 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_new(args: argparse.Namespace) -> int:
+    import secrets
+
+    import yaml
+    from pydantic import ValidationError
+
+    from serving.auth import hash_key
+    from serving.config import ApiKeySettings
+    from serving.errors import ConfigError
+
+    secret = "cg-" + secrets.token_urlsafe(32)
+    try:
+        entry = ApiKeySettings(
+            name=args.name,
+            sha256=hash_key(secret),
+            requests_per_minute=args.requests_per_minute,
+            teacher_texts_per_minute=args.teacher_texts_per_minute,
+            allow_teacher_route=args.allow_teacher_route,
+        )
+    except ValidationError as error:
+        problems = "; ".join(f"--{'-'.join(str(e['loc'][0]).split('_'))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"cannot make that key: {problems}") from None
+    print(f"key (give it to the client; it is not stored anywhere): {secret}")
+    print("entry for auth.keys in the config, or the keys: list of auth.keys_file:")
+    print(yaml.safe_dump([entry.model_dump(exclude_none=True)], sort_keys=False).rstrip())
+    return 0
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser("keys", help="API keys for the gateway's auth section")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_commands.add_parser("new", help="make a key: print the secret once, and its config entry (a hash)")
+    new.add_argument("--name", required=True, help="the key's name (metrics label): letters, digits, _ . -")
+    new.add_argument("--requests-per-minute", type=float, help="request rate limit (default: none)")
+    new.add_argument("--teacher-texts-per-minute", type=float, help="teacher budget in texts a minute (default: none)")
+    new.add_argument("--allow-teacher-route", action="store_true", help="may send route: teacher")
+    new.set_defaults(func=_keys_new)
+
     redistill = commands.add_parser(
         "redistill", help="train a student on the teacher-labelled traffic log; promote it only if better"
     )

@@ -35,6 +35,8 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.ray_address is None:
+        c.keep_local_ray_on_loopback()  # before Ray is imported: it reads the setting at import
     from serving.lifecycle import serve_gateway
 
     config = load_config(args.config) if args.config else demo_config()
