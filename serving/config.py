@@ -241,6 +241,9 @@ class DeploymentSettings(_Strict):
     num_gpus: NonNegativeFloat = 0.0
     max_ongoing_requests: PositiveInt = c.DEFAULT_MODEL_MAX_ONGOING_REQUESTS
     max_queued_requests: int = c.DEFAULT_MODEL_MAX_QUEUED_REQUESTS
+    health_check_period_s: float = Field(c.DEFAULT_HEALTH_CHECK_PERIOD_S, gt=0)
+    """How often Ray Serve checks each replica; a dead or hung one is replaced after the next check."""
+    health_check_timeout_s: float = Field(c.DEFAULT_HEALTH_CHECK_TIMEOUT_S, gt=0)
 
     @field_validator("max_queued_requests")
     @classmethod
@@ -256,6 +259,8 @@ class DeploymentSettings(_Strict):
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
         }
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump()

@@ -11,6 +11,7 @@ from outside, without patching Ray:
               ├ at most max_connections clients, at most max_in_flight requests passed on to Ray;
               │ the rest wait up to queue_timeout_s, then a fast 503 with Retry-After
               ├ X-Request-Id kept only if short and plain, otherwise a fresh one
+              ├ /healthz answered here from a health check of Ray's proxy every second: never queued
               ├ draining (Ctrl-C / SIGTERM): new requests get 503 ``draining``, accepted ones finish
               └ every response it makes itself in the gateway's JSON error shape
 
@@ -77,6 +78,9 @@ def render_config(
     """The HAProxy configuration for these settings (pure: no process, no file written)."""
     s = settings
     admin_socket = admin_socket or error_dir / "admin.sock"
+    unhealthy = json.dumps(
+        {"error": {"type": "model_unavailable", "message": "the gateway behind the front proxy is not answering"}}
+    )
     draining = json.dumps({"error": {"type": "draining", "message": "the gateway is shutting down; retry shortly"}})
     bind = f"[{listen_host}]:{listen_port}" if ":" in listen_host else f"{listen_host}:{listen_port}"
     errorfiles = "\n".join(f"    errorfile {status} {error_dir / f'{status}.http'}" for status, *_ in ERROR_RESPONSES)
@@ -109,14 +113,19 @@ frontend gateway
     http-request return status 503 content-type application/json string '{draining}' hdr Retry-After 5 \
 if {{ nbsrv(serve) eq 0 }} !{{ path /healthz }}
     http-after-response set-header Connection close if {{ nbsrv(serve) eq 0 }}
-    use_backend probes if {{ path /healthz }} || {{ path /readyz }}
+    http-request return status 200 content-type application/json string '{{"status": "ok"}}' \
+if {{ path /healthz }} {{ nbsrv(probes) gt 0 }}
+    http-request return status 503 content-type application/json string '{unhealthy}' hdr Retry-After 1 \
+if {{ path /healthz }}
+    use_backend probes if {{ path /readyz }}
     default_backend serve
 
 backend serve
     server ray 127.0.0.1:{serve_port} maxconn {s.max_in_flight}
 
 backend probes
-    server ray 127.0.0.1:{serve_port}
+    option httpchk GET /-/healthz
+    server ray 127.0.0.1:{serve_port} check inter 1s fall 3 rise 1
 """
 
 

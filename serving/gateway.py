@@ -204,7 +204,9 @@ class Gateway:
         role_timeout = getattr(self._resilience, f"{role}_timeout_s")
         budget = role_timeout if deadline is None else min(role_timeout, deadline - time.monotonic())
         try:
-            result = await asyncio.wait_for(self._call_with_retry(role, texts), timeout=max(budget, 0.0))
+            result = await asyncio.wait_for(
+                self._call_with_retry(role, texts, time.time() + budget), timeout=max(budget, 0.0)
+            )
         except TimeoutError:
             self._failed(role, "timeout")
             raise ModelTimeout(f"the {role} did not answer within {budget:.2f} s") from None
@@ -233,23 +235,26 @@ class Gateway:
         self._metrics.record_model_failure(role, failure)
         self._metrics.record_circuit(role, breaker.state != "closed")
 
-    async def _call_with_retry(self, role: str, texts: list[str]) -> tuple[np.ndarray, float]:
+    async def _call_with_retry(self, role: str, texts: list[str], deadline: float) -> tuple[np.ndarray, float]:
         for attempt in range(1, _ATTEMPTS_WHEN_GONE + 1):
             try:
-                return await self._call_once(role, texts)
+                return await self._call_once(role, texts, deadline)
             except _REPLICA_GONE:
                 if attempt == _ATTEMPTS_WHEN_GONE:
                     raise
                 logger.warning("a %s replica went away mid-call; retrying once", role)
         raise AssertionError("unreachable")
 
-    async def _call_once(self, role: str, texts: list[str]) -> tuple[np.ndarray, float]:
-        """Send ``texts`` in chunks that fit the role's batch, concurrently; map back-pressure."""
+    async def _call_once(self, role: str, texts: list[str], deadline: float) -> tuple[np.ndarray, float]:
+        """Send ``texts`` in chunks that fit the role's batch, concurrently; map back-pressure.
+
+        ``deadline`` (``time.time()``) travels with each chunk: the replica drops it unrun if still queued then.
+        """
         size = self._roles[role]["max_batch_size"]
         local = self._local.get(role)
         call = local.logits if local is not None else self._handles[role].logits.remote
         try:
-            parts = await asyncio.gather(*(call(texts[i : i + size]) for i in range(0, len(texts), size)))
+            parts = await asyncio.gather(*(call(texts[i : i + size], deadline) for i in range(0, len(texts), size)))
         except BackPressureError as error:
             raise Overloaded(f"the {role} is at its queue limit; retry shortly") from error
         return np.concatenate([logits for logits, _ in parts], axis=0), sum(seconds for _, seconds in parts)

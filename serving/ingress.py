@@ -36,6 +36,7 @@ app = FastAPI(
     version="0.1.0",
     docs_url=None,  # served below from the swagger-ui-bundle package: FastAPI's default loads a CDN
     redoc_url=None,
+    redirect_slashes=False,  # /v1/classify/ is a 404 in the error shape, not an empty 307
 )
 
 # Swagger UI from a package, not a CDN, so /docs works on a machine without internet access.
@@ -153,7 +154,7 @@ class GatewayIngress(Gateway):
         """The ingress process is alive (it says nothing about the models)."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "a role is not loaded or not answering"}})
     async def readyz(self) -> JSONResponse:
         """Both roles are loaded and answering."""
         roles = await self.readiness(c.READINESS_PROBE_TIMEOUT_S)

@@ -8,12 +8,14 @@ own applications when it stops. While it serves, ``serving.swap.follow_registry`
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Any
 
 from serving import constants as c
 from serving.auth import exposure_notice
 from serving.config import GatewayConfig
+from serving.errors import ConfigError
 from serving.front_proxy import HAProxy, free_local_port, wanted
 from serving.process import wait_until_ready
 from serving.swap import follow_registry
@@ -31,6 +33,18 @@ def _local_metrics_options(port: int) -> dict[str, Any]:
         "_metrics_export_port": port,
         "_system_config": {"metrics_report_interval_ms": c.METRICS_REPORT_INTERVAL_MS},
     }
+
+
+def _check_port_free(port: int, setting: str) -> None:
+    """Fail with the setting's name, not Ray's "node timed out during startup", when a port is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise ConfigError(
+                f"{setting} {port} is in use (another cascade serve or Ray on this machine?): "
+                f"stop it, or set {setting} to a free port"
+            ) from None
 
 
 def serve_gateway(
@@ -57,6 +71,8 @@ def serve_gateway(
     # On one machine HAProxy takes the public address and Ray Serve's proxy listens behind it on
     # loopback. Joining a cluster, Serve's proxies are the cluster's (see deploy/kuberay/).
     front, front_notice = wanted(config.http.front_proxy) if own_ray else (False, None)
+    if own_ray:
+        _check_port_free(config.metrics.port, "metrics.port")
     serve_host, serve_port = ("127.0.0.1", free_local_port()) if front else (config.http.host, config.http.port)
     c.apply_ray_environment_defaults()
     quiet = log_level not in ("DEBUG", "INFO")

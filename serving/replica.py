@@ -33,8 +33,16 @@ logger = logging.getLogger("cascade.replica")
 WARM_UP_TEXTS = 8
 
 
-def _count_texts(calls: list[list[str]]) -> int:
-    return sum(len(texts) for texts in calls)
+Call = tuple[list[str], float | None]
+"""One caller's texts and its deadline (``time.time()`` seconds; None: none)."""
+
+
+def _count_texts(calls: list[Call]) -> int:
+    return sum(len(texts) for texts, _ in calls)
+
+
+class DeadlinePassed(TimeoutError):
+    """The caller stopped waiting before the batch ran: its texts are not computed."""
 
 
 CallResult = tuple[np.ndarray, float] | Exception
@@ -100,21 +108,37 @@ class ModelRunner:
         self.seconds_per_text = (time.perf_counter() - started) / WARM_UP_TEXTS
         self._metrics = ReplicaMetrics(role, self.ref.version)
 
-    async def logits(self, texts: list[str]) -> tuple[np.ndarray, float]:
-        """Logits for ``texts`` and the compute seconds they used (their share of the batch)."""
+    async def logits(self, texts: list[str], deadline: float | None = None) -> tuple[np.ndarray, float]:
+        """Logits for ``texts`` and the compute seconds they used (their share of the batch).
+
+        ``deadline`` (``time.time()`` seconds) is when the caller stops waiting: a call still queued
+        then is dropped without running the model, so a backlog (a replica that was stopped, an
+        overload) is not computed for callers that are gone.
+        """
         self._metrics.queued(len(texts))
         try:
-            result = await self._batched(texts)
+            result = await self._batched((texts, deadline))
         finally:
             self._metrics.queued(-len(texts))
         if isinstance(result, Exception):
-            raise result  # this call's texts failed the model; the others in its batch were answered
+            raise result  # this call's texts failed the model, or its deadline passed; the others were answered
         return result
 
     @serve.batch(max_batch_size=c.DEFAULT_MAX_BATCH_SIZE, batch_size_fn=_count_texts)
-    async def _batched(self, calls: list[list[str]]) -> list[CallResult]:
-        self._metrics.batch(sum(len(texts) for texts in calls))
-        return await answer_batch(self.backend.logits, calls)
+    async def _batched(self, calls: list[Call]) -> list[CallResult]:
+        return await self.answer_live(calls)
+
+    async def answer_live(self, calls: list[Call]) -> list[CallResult]:
+        """Answer the calls whose deadline has not passed; the others get ``DeadlinePassed``."""
+        now = time.time()
+        live = [i for i, (_, deadline) in enumerate(calls) if deadline is None or deadline > now]
+        results: list[CallResult] = [DeadlinePassed("the caller's deadline passed before the batch ran")] * len(calls)
+        if live:
+            self._metrics.batch(sum(len(calls[i][0]) for i in live))
+            answered = await answer_batch(self.backend.logits, [calls[i][0] for i in live])
+            for i, result in zip(live, answered, strict=True):
+                results[i] = result
+        return results
 
     def info(self) -> dict[str, Any]:
         return {
@@ -167,8 +191,8 @@ class ModelReplica:
             raise RuntimeError("the replica has no model: its user_config never arrived")
         return self._runner
 
-    async def logits(self, texts: list[str]) -> tuple[np.ndarray, float]:
-        return await self.runner.logits(texts)
+    async def logits(self, texts: list[str], deadline: float | None = None) -> tuple[np.ndarray, float]:
+        return await self.runner.logits(texts, deadline)
 
     def info(self) -> dict[str, Any]:
         """The runner's description, and this replica's process id (for operators and fault drills)."""

@@ -60,6 +60,7 @@ def server(
     port = free_port()
     settings = gateway_config(tiny_pair, threshold=threshold, port=port)
     settings["http"]["front_proxy"] = {"kind": "haproxy", "header_timeout_s": HEADER_TIMEOUT_S}
+    settings["metrics"] = {"port": free_port()}
     config = write_config(folder / "gateway.yaml", settings)
     before = ray_core_pids()
     # Ready means /readyz answered 200; on failure it stops the server and raises with its log's tail.
@@ -191,6 +192,9 @@ def test_a_body_that_is_not_json_gets_415(server: Server) -> None:
 
 def test_service_endpoints(server: Server) -> None:
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    slash = httpx.post(f"{server.url}/v1/classify/", json={"inputs": "hi"})  # no empty redirect
+    assert slash.status_code == 404 and slash.json()["error"]["type"] == "not_found"
+    assert httpx.head(f"{server.url}/v1/classify").status_code == 405
     ready = httpx.get(f"{server.url}/readyz", timeout=15)
     assert ready.status_code == 200 and ready.json()["roles"] == {"student": "ready", "teacher": "ready"}
     models = httpx.get(f"{server.url}/v1/models").json()
@@ -213,6 +217,7 @@ def test_ctrl_c_drains_accepted_requests_and_refuses_new_ones_in_the_one_shape(
     port = free_port()
     settings = gateway_config(tiny_pair, threshold=1.5, port=port)  # every text escalates: longer requests
     settings["http"]["front_proxy"] = {"kind": "haproxy"}
+    settings["metrics"] = {"port": free_port()}  # the module's gateway may still hold the default one
     config = write_config(tmp_path / "gateway.yaml", settings)
     gateway = GatewayProcess(config, tmp_path / "serve.log", port=port, startup_timeout_s=STARTUP_DEADLINE_S)
     outcomes: list[str] = []
@@ -249,3 +254,31 @@ def test_ctrl_c_drains_accepted_requests_and_refuses_new_ones_in_the_one_shape(
     assert code == 0, gateway.output()[-3000:]
     assert "drained: every accepted request answered" in gateway.output(), gateway.output()[-3000:]
     assert set(outcomes) <= {"200 ok", "503 draining", "refused"}, sorted(set(outcomes))
+
+
+def test_poison_requests_among_concurrent_valid_ones_fail_only_themselves(server: Server) -> None:
+    poison = [body for _, body, _, _ in BAD_REQUESTS]
+    valid: list[int] = []
+    rejected: list[int] = []
+
+    def send_valid(i: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            for j in range(10):
+                response = client.post(f"{server.url}/v1/classify", json={"inputs": [TEXTS[(i + j) % len(TEXTS)]]})
+                valid.append(response.status_code)
+
+    def send_poison(i: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            for j in range(10):
+                body = poison[(i + j) % len(poison)]
+                headers = {"content-type": "application/json"}
+                rejected.append(client.post(f"{server.url}/v1/classify", content=body, headers=headers).status_code)
+
+    threads = [threading.Thread(target=send_valid, args=(i,)) for i in range(6)]
+    threads += [threading.Thread(target=send_poison, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert valid == [200] * 60
+    assert len(rejected) == 40 and all(400 <= status < 500 for status in rejected), rejected

@@ -41,7 +41,7 @@ class LocalHandle:
         self.behaviour = behaviour
         self.calls = 0
 
-        async def logits(texts: list[str]) -> tuple[np.ndarray, float]:
+        async def logits(texts: list[str], deadline: float | None = None) -> tuple[np.ndarray, float]:
             self.calls += 1
             return await self.behaviour(texts), 0.001 * len(texts)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from serving.replica import answer_batch
+from tests.builders import TinyPair
 
 
 def _model(texts: list[str]) -> np.ndarray:
@@ -43,3 +44,27 @@ def test_a_healthy_batch_is_one_model_call_split_back_in_order() -> None:
 def test_a_lone_failing_call_raises() -> None:
     with pytest.raises(RuntimeError, match="choked"):
         asyncio.run(answer_batch(_model, [["poison"]]))
+
+
+def test_calls_whose_deadline_passed_are_dropped_unrun(tiny_pair: TinyPair) -> None:
+    """A backlog (a replica that was stopped, an overload) is not computed for callers that are gone."""
+    import asyncio
+    import time
+
+    from serving.config import ModelSettings
+    from serving.replica import DeadlinePassed, ModelRunner
+
+    runner = ModelRunner("student", ModelSettings(model=str(tiny_pair.student), max_length=32))
+    ran: list[list[str]] = []
+    model = runner.backend.logits
+
+    def recording(texts: list[str]) -> np.ndarray:
+        ran.append(list(texts))
+        return model(texts)
+
+    runner.backend.logits = recording  # type: ignore[method-assign]
+    now = time.time()
+    results = asyncio.run(runner.answer_live([(["gone"], now - 1), (["live"], now + 60), (["no deadline"], None)]))
+    assert isinstance(results[0], DeadlinePassed)
+    assert not isinstance(results[1], Exception) and not isinstance(results[2], Exception)
+    assert ran == [["live", "no deadline"]]

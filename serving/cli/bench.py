@@ -71,6 +71,8 @@ def _chaos(args: argparse.Namespace) -> int:
         hang_s=args.hang_s,
         stalled=args.stalled,
         overload_factor=args.overload_factor,
+        latency_target_s=args.latency_target_s,
+        replicas=args.replicas,
     )
     result = run_chaos(settings)
     _, md = write_chaos_report(result, args.output, invocation())
@@ -152,6 +154,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     chaos.add_argument("--hang-s", type=float, default=20.0, help="seconds the teacher stays stopped")
     chaos.add_argument("--stalled", type=int, default=1000, help="stalled connections held open")
     chaos.add_argument("--overload-factor", type=float, default=3.0, help="the overload phase's load, x the base")
+    chaos.add_argument(
+        "--latency-target-s", type=float, default=1.0, help="p99 the answered requests keep under overload"
+    )
+    chaos.add_argument("--replicas", type=int, default=1, help="replicas per role for the demo pair (default 1)")
     chaos.set_defaults(func=_chaos)
 
     load = commands.add_parser(
