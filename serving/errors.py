@@ -36,11 +36,13 @@ class CascadeError(Exception):
 
     error_type = "cascade_error"
     http_status = 500
+    default_retry_after_s: float | None = None
+    """``Retry-After`` when the raiser does not say: set on the errors that are worth retrying later."""
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = retry_after_s if retry_after_s is not None else self.default_retry_after_s
 
 
 class ConfigError(CascadeError):
@@ -130,27 +132,21 @@ class Overloaded(ServiceError):
     failure = "overloaded"
     error_type = "overloaded"
     http_status = 503
-
-    def __init__(self, message: str, *, retry_after_s: float | None = 1.0) -> None:
-        super().__init__(message, retry_after_s=retry_after_s)
+    default_retry_after_s = 1.0
 
 
 class ModelUnavailable(ServiceError):
     failure = "unavailable"
     error_type = "model_unavailable"
     http_status = 503
-
-    def __init__(self, message: str, *, retry_after_s: float | None = 1.0) -> None:
-        super().__init__(message, retry_after_s=retry_after_s)
+    default_retry_after_s = 1.0
 
 
 class ModelTimeout(ServiceError):
     failure = "timeout"
     error_type = "model_timeout"
     http_status = 504
-
-    def __init__(self, message: str, *, retry_after_s: float | None = 1.0) -> None:
-        super().__init__(message, retry_after_s=retry_after_s)
+    default_retry_after_s = 1.0
 
 
 _INTERNAL_MESSAGE = "internal error; the request id identifies it in the gateway's log"

@@ -16,7 +16,7 @@ and the registry, so that a response, a metric label and a log row say the same 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 Role = Literal["student", "teacher"]
 ROLES: tuple[Role, ...] = ("student", "teacher")
@@ -49,17 +49,7 @@ DegradedReason = Literal[
     "student_overloaded",
     "student_error",
 ]
-DEGRADED_REASONS: tuple[DegradedReason, ...] = (
-    "teacher_timeout",
-    "teacher_unavailable",
-    "teacher_overloaded",
-    "teacher_error",
-    "teacher_budget",
-    "student_timeout",
-    "student_unavailable",
-    "student_overloaded",
-    "student_error",
-)
+DEGRADED_REASONS: tuple[DegradedReason, ...] = get_args(DegradedReason)
 
 REGISTRY_PREFIX = "registry:"
 """A config's ``model: registry:<root>/<role>`` names the version currently promoted for that role."""
