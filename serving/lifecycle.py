@@ -115,7 +115,7 @@ def serve_gateway(
                 serve_port=serve_port,
             )
         base_url = f"http://{config.http.host}:{config.http.port}"
-        wait_until_ready(base_url, startup_timeout_s)
+        wait_until_ready(base_url, startup_timeout_s, stop=stop)
         if own_ray:
             print("Ray: a private local cluster with token authentication (token in ~/.ray/auth_token)", flush=True)
         print(f"cascade-gateway listening on {base_url}  (docs: {base_url}/docs; Ctrl-C stops)", flush=True)
@@ -130,15 +130,19 @@ def serve_gateway(
     finally:
         print("cascade-gateway stopping…", flush=True)
         if proxy is not None:
-            # Drain: new requests get 503 "draining" with Retry-After; the accepted ones finish.
-            left = proxy.drain(c.DRAIN_TIMEOUT_S)
-            print(
-                "drained: every accepted request answered"
-                if not left
-                else f"drain timed out after {c.DRAIN_TIMEOUT_S:g} s with {left} requests in flight",
-                flush=True,
-            )
-            proxy.stop()
+            try:
+                # Drain: new requests get 503 "draining" with Retry-After; the accepted ones finish.
+                left = proxy.drain(c.DRAIN_TIMEOUT_S)
+                print(
+                    "drained: every accepted request answered"
+                    if not left
+                    else f"drain timed out after {c.DRAIN_TIMEOUT_S:g} s with {left} requests in flight",
+                    flush=True,
+                )
+            except OSError as error:  # stopped before HAProxy was up: nothing was accepted to drain
+                print(f"no drain: the front proxy's admin socket is not there ({error.strerror})", flush=True)
+            finally:
+                proxy.stop()
         # Deleting our applications shuts their replicas down gracefully (the traffic log flushes).
         # A private Ray then ends with everything in it; serve.shutdown() is not called, as it makes
         # the raylet print a retried "graceful_shutdown failed" task for a controller it just killed.

@@ -7,10 +7,12 @@ every Ray process it started) and kills only if that takes longer than ``stop_ti
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,12 +31,20 @@ def cascade_command(*args: str) -> list[str]:
 
 
 def wait_until_ready(
-    base_url: str, deadline_s: float, *, alive: subprocess.Popen[bytes] | None = None, log: Path | None = None
+    base_url: str,
+    deadline_s: float,
+    *,
+    alive: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Poll ``/readyz`` until it answers 200; fail early if ``alive`` exits, late with the last answer."""
+    """Poll ``/readyz`` until it answers 200; fail early if ``alive`` exits or ``stop`` is set (Ctrl-C
+    during start-up), late with the last answer."""
     stop_at = time.monotonic() + deadline_s
     last = "no answer"
     while time.monotonic() < stop_at:
+        if stop is not None and stop.is_set():
+            raise CascadeError("stopped before the gateway was ready")
         if alive is not None and alive.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
             raise CascadeError(f"the gateway exited with {alive.returncode} before it was ready:\n{tail}")
@@ -65,11 +75,14 @@ class ChildProcess:
         self.log = log
         self.stop_timeout_s = stop_timeout_s
         log.parent.mkdir(parents=True, exist_ok=True)
+        # Its own process group: should it have to be killed, everything it started goes with it
+        # (a killed `cascade serve` used to leave Ray's agents behind, holding the metrics port).
         self.process = subprocess.Popen(
             self.command,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,
         )
 
     @property
@@ -83,7 +96,8 @@ class ChildProcess:
             try:
                 return self.process.wait(timeout=self.stop_timeout_s)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
         return self.process.wait()
 
     def output(self) -> str:
