@@ -205,6 +205,8 @@ def run_loop_benchmark(s: LoopBenchmarkSettings, log: Any = print) -> dict[str, 
         "shadow": {"rate": s.shadow_rate, "max_in_flight": 8},
         "drift": {"window": 500, "min_samples": 200},
         "traffic_log": {"path": str(traffic), "flush_interval_s": 1.0, "keep_text": OPT_IN_TEXT},
+        # redistill trains on the same cores: wait for every teacher answer rather than degrade it
+        "resilience": {"student_timeout_s": 60, "teacher_timeout_s": 60, "request_timeout_s": 120},
         "reload": {"poll_s": 1.0},
         "student": {"model": f"registry:{registry.root}/student", **role},
         "teacher": {"model": f"registry:{registry.root}/teacher", **role},

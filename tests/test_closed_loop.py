@@ -36,6 +36,8 @@ from tests.builders import KEYWORDS, ambiguous_texts, build_tiny_model, keyword_
 
 pytestmark = pytest.mark.slow  # the whole loop: Ray Serve, training, a swap under load
 
+LOOP_RESILIENCE = {"student_timeout_s": 60, "teacher_timeout_s": 60, "request_timeout_s": 120}
+
 APP = "cascade-loop"
 KNOWN = ["balance", "card"]
 MAX_LENGTH = 16
@@ -135,6 +137,10 @@ def loop(
         "shadow": {"rate": 1.0, "max_in_flight": 64},
         "drift": {"window": 100, "min_samples": 50},
         "traffic_log": {"path": str(log), "flush_interval_s": 0.3, "keep_text": OPT_IN_TEXT},
+        # Training runs on the same 2 cores as serving here: with the default timeouts, teacher calls
+        # starved by it are answered degraded and never logged, and the loop would learn from fewer
+        # labels than it sent. This test is about the loop, not about timeouts: wait for every answer.
+        "resilience": LOOP_RESILIENCE,
         "reload": {"poll_s": 0.3},
         "student": role(f"registry:{registry.root}/student"),
         "teacher": role(f"registry:{registry.root}/teacher"),
