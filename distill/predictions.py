@@ -76,22 +76,18 @@ def predict(
     data = read_jsonl(data_path, require_labels=False, known_labels=teacher.labels)
     has_gold = all(label is not None for label in data.labels)
     gold = np.asarray(data.label_ids(list(teacher.labels))) if has_gold else None
-    backends = {
-        role: load_backend(ref, threads=threads, max_length=max_length)
-        for role, ref in (("teacher", teacher), ("student", student))
-    }
-    timing_texts = data.texts[:256]
-    seconds = {
-        role: time_backend(backend, timing_texts, 32).cpu_ms_per_example / 1000 for role, backend in backends.items()
-    }
-    return Predictions(
-        data.texts,
-        gold,
-        batched_logits(backends["teacher"], data.texts),
-        batched_logits(backends["student"], data.texts),
-        seconds["teacher"],
-        seconds["student"],
-    )
+    teacher_logits, teacher_seconds = model_outputs(teacher, data.texts, threads=threads, max_length=max_length)
+    student_logits, student_seconds = model_outputs(student, data.texts, threads=threads, max_length=max_length)
+    return Predictions(data.texts, gold, teacher_logits, student_logits, teacher_seconds, student_seconds)
+
+
+def model_outputs(
+    model: ModelRef, texts: list[str], *, threads: int = 1, max_length: int = 64
+) -> tuple[np.ndarray, float]:
+    """One model's logits on ``texts``, and its compute seconds per request at batch 32 on this machine."""
+    backend = load_backend(model, threads=threads, max_length=max_length)
+    seconds = time_backend(backend, texts[:256], 32).cpu_ms_per_example / 1000
+    return batched_logits(backend, texts), seconds
 
 
 def cost_model(predictions: Predictions, *, student_price: float, teacher_price: float) -> CostModel:

@@ -178,6 +178,11 @@ def chain_oracle_at(outcomes: ChainOutcomes, quality: float) -> float:
     that is right, at the cost of the stages in between. The oracle fixes as few texts as the accuracy
     needs, cheapest fixes first.
     """
+    return chain_oracle_route(outcomes, quality)[0]
+
+
+def chain_oracle_route(outcomes: ChainOutcomes, quality: float) -> tuple[float, float]:
+    """``chain_oracle_at``'s dollars per 1,000, and the share of texts its routing sends to the teacher."""
     n = outcomes.size
     cumulative = np.cumsum(outcomes.stage_dollars)
     fix_cost = np.full(n, np.inf)
@@ -187,7 +192,9 @@ def chain_oracle_at(outcomes: ChainOutcomes, quality: float) -> float:
     fixable = np.sort(fix_cost[np.isfinite(fix_cost)])
     needed = math.ceil(round((quality - float(outcomes.correct[0].mean())) * n, 9))
     needed = min(max(needed, 0), fixable.size)
-    return 1000 * (float(cumulative[0]) + float(fixable[:needed].sum()) / n)
+    teacher_fix = cumulative[-1] - cumulative[0]
+    to_teacher = int(np.isclose(fixable[:needed], teacher_fix).sum()) if len(outcomes.correct) > 2 else needed
+    return 1000 * (float(cumulative[0]) + float(fixable[:needed].sum()) / n), to_teacher / n
 
 
 def share_of_chain_oracle_savings(outcomes: ChainOutcomes, point: ChainPoint) -> float:

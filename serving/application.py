@@ -26,8 +26,9 @@ from ray.serve import Deployment
 from serving.config import AuthSettings, GatewayConfig, ModelSettings
 from serving.ingress import GatewayIngress
 from serving.model_ref import ModelRef, check_same_labels, resolve_model
+from serving.policy import middle_stage
 from serving.replica import ModelReplica
-from serving.vocabulary import ROLES, Role
+from serving.vocabulary import Role
 
 
 def backend_name(ref: ModelRef, settings: ModelSettings) -> str:
@@ -59,9 +60,18 @@ def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
 
 
 def resolve_roles(config: GatewayConfig) -> dict[Role, ModelRef]:
-    """Both roles' models, verified (checksums) and checked to share one label list."""
-    refs = {role: resolve_model(getattr(config, role).model) for role in ROLES}
-    check_same_labels(refs["student"], refs["teacher"])
+    """Every role's model, verified (checksums) and checked to share one label list.
+
+    Also checks that the student's calibration fits the roles served (a chain's needs its middle
+    model, and only it), so a mismatch fails here, before anything is deployed or swapped.
+    """
+    refs = {role: resolve_model(config.model_settings(role).model) for role in config.roles}
+    for role in config.roles:
+        if role != "student":
+            check_same_labels(refs["student"], refs[role])
+    manifest = refs["student"].manifest
+    middle = refs.get("middle")
+    middle_stage(manifest.calibration if manifest is not None else None, middle.version if middle else None)
     return refs
 
 
@@ -71,7 +81,7 @@ def gateway_user_config(config: GatewayConfig, refs: dict[Role, ModelRef] | None
     student_manifest = refs["student"].manifest
     calibration = student_manifest.calibration if student_manifest is not None else None
     return {
-        "roles": {role: _role_summary(refs[role], getattr(config, role)) for role in ROLES},
+        "roles": {role: _role_summary(refs[role], config.model_settings(role)) for role in config.roles},
         "calibration": calibration.model_dump(mode="json") if calibration is not None else None,
         "cascade": config.cascade.model_dump(mode="json"),
         "limits": config.limits.model_dump(),
@@ -107,24 +117,24 @@ def _stable_version(deployment: Deployment, *init_args: Any) -> Deployment:
 
 
 def build_app(config: GatewayConfig) -> serve.Application:
-    """Resolve both models (checksums, same labels) and bind the application; fails before deploying."""
+    """Resolve every role's model (checksums, same labels) and bind the application; fails before deploying."""
     refs = resolve_roles(config)
     # @serve.deployment turned both classes into Deployments; mypy still sees the classes.
     replica, ingress = cast(Deployment, ModelReplica), cast(Deployment, GatewayIngress)
     colocated = config.student.colocate
     handles = {}
-    for role in ROLES:
+    for role in config.roles:
         if role == "student" and colocated:
             continue
-        settings = getattr(config, role).model_dump()
+        settings = config.model_settings(role).model_dump()
         deployment = replica.options(
-            **getattr(config, role).deployment.ray_options(role), user_config={"model": refs[role].location}
+            **config.model_settings(role).deployment.ray_options(role), user_config={"model": refs[role].location}
         )
         handles[role] = _stable_version(deployment, role, settings).bind(role, settings)
     colocated_settings = config.student.model_dump() if colocated else None
     gateway = ingress.options(**config.ingress.ray_options("gateway"), user_config=gateway_user_config(config, refs))
-    gateway = _stable_version(gateway, colocated_settings)
-    return gateway.bind(handles.get("student"), handles["teacher"], colocated_settings)
+    gateway = _stable_version(gateway, colocated_settings, sorted(handles))  # a new role needs a new handle
+    return gateway.bind(handles.get("student"), handles["teacher"], colocated_settings, handles.get("middle"))
 
 
 def build_direct_student_app(config: GatewayConfig) -> serve.Application:

@@ -129,6 +129,26 @@ class RuleChoice(_Record):
     kept: str
 
 
+class MiddleStage(_Record):
+    """The middle model of a chain (student → middle → teacher), as ``cascade calibrate --middle`` chose it.
+
+    Its rule (``router.stages``) decides, for the texts the student escalated, whether its answer stands.
+    """
+
+    model: str
+    """The middle model's name and version the chain was calibrated with (the gateway checks it)."""
+    kind: Literal["max_prob", "agreement", "learned"]
+    threshold: float = Field(ge=0)
+    temperature: float = Field(gt=0)
+    rule: LearnedRule | None = None
+    seconds_per_request: float = Field(ge=0)
+    dollars_per_hour: float = Field(ge=0)
+    expected_served_share: tuple[float, float, float]
+    """Share of calibration texts answered by the student, the middle model and the teacher."""
+    compared: dict[str, float | None] = Field(default_factory=dict)
+    """Cost per 1,000 at the target of each rule combination tried, and of ``student → teacher`` alone."""
+
+
 class Calibration(_Record):
     """The cascade rule ``cascade calibrate`` chose for a student, stored in its manifest.
 
@@ -148,6 +168,9 @@ class Calibration(_Record):
     rule: LearnedRule | None = None
     """The learned rule's weights when ``signal`` is ``learned``."""
     rule_choice: RuleChoice | None = None
+    middle: MiddleStage | None = None
+    """Set for a chain of three: the middle model's rule. ``signal``/``threshold`` are then the student's
+    stage, and ``expected.chosen.escalation_rate`` is the share that reaches the teacher."""
 
     @property
     def expected_escalation_rate(self) -> float:

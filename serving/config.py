@@ -5,7 +5,7 @@ How each part reloads (``serve.run`` with a changed config):
 - ``cascade``, ``limits``, ``resilience``, ``auth``, ``cost``, ``shadow``, ``drift`` and ``traffic_log`` are the
   ingress's ``user_config``: Ray Serve applies them in place through ``Gateway.reconfigure``, with no replica
   restarted and no request dropped. An ``auth.keys_file`` is also re-read by the gateway when it changes.
-- ``student`` / ``teacher`` (model, backend, device, threads, batching) and every ``deployment``
+- ``student`` / ``middle`` / ``teacher`` (model, backend, device, threads, batching) and every ``deployment``
   setting change the deployment's code or options, so Ray Serve rolls those replicas.
 - ``http`` and ``metrics`` need a restart of ``cascade serve``.
 
@@ -33,6 +33,7 @@ from router import Signal
 from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, DEFAULT_GPU_NODE_DOLLARS_PER_HOUR
 from serving import constants as c
 from serving.errors import ConfigError
+from serving.vocabulary import ROLES, Role
 
 
 class _Strict(BaseModel):
@@ -86,10 +87,12 @@ class ResilienceSettings(_Strict):
     ``on_teacher_failure: degrade`` (default): a ``route: auto`` text the student escalated is answered
     by the student, marked ``degraded`` with the reason, when the teacher fails, times out, is full or
     its breaker is open; ``fail`` answers 503/504 instead. A ``route: auto`` request whose student fails
-    goes to the teacher (marked degraded). A forced route answers 503/504 with ``Retry-After``.
+    goes to the teacher (marked degraded). A forced route answers 503/504 with ``Retry-After``. In a
+    chain, the texts of a failed middle model go on to the teacher (marked degraded, ``middle_*``).
     """
 
     student_timeout_s: float = Field(c.DEFAULT_STUDENT_TIMEOUT_S, gt=0)
+    middle_timeout_s: float = Field(c.DEFAULT_STUDENT_TIMEOUT_S, gt=0)
     teacher_timeout_s: float = Field(c.DEFAULT_TEACHER_TIMEOUT_S, gt=0)
     request_timeout_s: float = Field(c.DEFAULT_REQUEST_TIMEOUT_S, gt=0)
     on_teacher_failure: Literal["degrade", "fail"] = "degrade"
@@ -153,6 +156,7 @@ class CostSettings(_Strict):
     """
 
     student_dollars_per_hour: NonNegativeFloat = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+    middle_dollars_per_hour: NonNegativeFloat = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
     teacher_dollars_per_hour: NonNegativeFloat = DEFAULT_GPU_NODE_DOLLARS_PER_HOUR
 
 
@@ -330,14 +334,30 @@ class GatewayConfig(_Strict):
     reload: ReloadSettings = ReloadSettings()
     metrics: MetricsSettings = MetricsSettings()
     student: ModelSettings
+    middle: ModelSettings | None = None
+    """A chain of three: a model between the student and the teacher (e.g. a bigger student). The
+    student's calibration must be a chain's (``cascade calibrate --middle``), made with this model."""
     teacher: ModelSettings
     ingress: DeploymentSettings = Field(default_factory=_ingress_deployment)
 
     @model_validator(mode="after")
-    def _teacher_stands_alone(self) -> GatewayConfig:
-        if self.teacher.colocate:
-            raise ValueError("teacher.colocate must be false: the teacher runs on its own (GPU) replicas")
+    def _only_the_student_colocates(self) -> GatewayConfig:
+        for role in ("middle", "teacher"):
+            settings = getattr(self, role)
+            if settings is not None and settings.colocate:
+                raise ValueError(f"{role}.colocate must be false: only the student runs inside the ingress")
         return self
+
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        """The roles this config serves, in chain order."""
+        return tuple(role for role in ROLES if getattr(self, role) is not None)
+
+    def model_settings(self, role: Role) -> ModelSettings:
+        settings: ModelSettings | None = getattr(self, role)
+        if settings is None:
+            raise ConfigError(f"this config has no {role!r} section")
+        return settings
 
 
 def _describe(error: ValidationError) -> str:
@@ -371,7 +391,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         auth = data.get("auth")
         if isinstance(auth, dict) and isinstance(auth.get("keys_file"), str):
             auth["keys_file"] = str((path.parent / auth["keys_file"]).resolve())
-        for role in ("student", "teacher"):
+        for role in ROLES:
             section = data.get(role)
             if isinstance(section, dict) and isinstance(section.get("model"), str):
                 candidate = path.parent / section["model"]

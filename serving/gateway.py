@@ -26,6 +26,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from router.breaker import CircuitBreaker
+from router.stages import StagePolicy
 from serving import constants as c
 from serving.artifact import Calibration
 from serving.auth import ANONYMOUS_CALLER, Authenticator, Caller
@@ -61,6 +62,18 @@ def _public_name(location: str) -> str:
     return Path(location).name if os.path.isabs(location) else location
 
 
+def _describe_stage(stage: StagePolicy) -> dict[str, Any]:
+    """What ``/v1/models`` shows of the middle stage's rule."""
+    return {
+        "kind": stage.kind,
+        "threshold": stage.threshold,
+        "temperature": stage.temperature,
+        "learned_rule": None
+        if stage.rule is None
+        else {"target": stage.rule.target.value, "features": list(stage.rule.feature_names)},
+    }
+
+
 class Gateway:
     """The router: validate, run the cascade, answer.
 
@@ -73,10 +86,13 @@ class Gateway:
         student: Any | None,
         teacher: Any,
         colocated_student: dict[str, Any] | None = None,
+        middle: Any | None = None,
         *,
         metrics: GatewayMetrics | None = None,
     ) -> None:
         self._handles: dict[str, Any] = {"student": student, "teacher": teacher}
+        if middle is not None:
+            self._handles["middle"] = middle
         self._local: dict[str, ModelRunner] = {}
         self._colocated = ModelSettings.model_validate(colocated_student) if colocated_student else None
         self._metrics = metrics or GatewayMetrics()
@@ -97,7 +113,7 @@ class Gateway:
             self._local["student"] = await swap_runner(current, "student", self._colocated, roles["student"]["model"])
         self._roles = roles
         self._labels: list[str] = roles["student"]["labels"]
-        self._versions = {role: roles[role]["version"] for role in ROLES}
+        self._versions = {role: roles[role]["version"] for role in ROLES if role in roles}
         self._limits = LimitSettings.model_validate(user_config.get("limits", {}))
         self._configure_resilience(ResilienceSettings.model_validate(user_config.get("resilience", {})))
         auth = user_config.get("auth")
@@ -111,12 +127,14 @@ class Gateway:
             CascadeSettings.model_validate(user_config.get("cascade", {})),
             Calibration.model_validate(stored) if stored else None,
             roles["student"]["temperature"],
+            roles["middle"]["version"] if "middle" in roles else None,
         )
         self._policy = self._in_force.policy
         self._metrics.expect_escalation(self._in_force.expected_escalation_rate)
         reference = self._in_force.drift_reference
         self._metrics.configure(
             student_dollars_per_hour=cost.student_dollars_per_hour,
+            middle_dollars_per_hour=cost.middle_dollars_per_hour,
             teacher_dollars_per_hour=cost.teacher_dollars_per_hour,
             reference=reference.model_dump() if reference is not None else None,
             window=drift.window,
@@ -356,6 +374,10 @@ class Gateway:
             logits, usage.student_seconds = await self._call("student", batch, deadline)
             return logits
 
+        async def middle(batch: list[str]) -> np.ndarray:
+            logits, usage.middle_seconds = await self._call("middle", batch, deadline)
+            return logits
+
         async def teacher(batch: list[str]) -> np.ndarray:
             caller.take_teacher_texts(len(batch))
             logits, usage.teacher_seconds = await self._call("teacher", batch, deadline)
@@ -370,14 +392,17 @@ class Gateway:
             student=student,
             teacher=teacher,
             degrade=self._resilience.on_teacher_failure == "degrade",
+            middle=middle if self._in_force.middle is not None else None,
+            middle_policy=self._in_force.middle,
         )
         served_by = [result.served_by for result in outcome.results]
         self._metrics.record_request(
             served_by=served_by,
-            path=request_path(route, bool(outcome.teacher_rows)),
+            path=request_path(route, bool(outcome.teacher_rows or outcome.middle_rows)),
             duration_s=time.perf_counter() - started,
             student_confidence=outcome.student_confidence,
             usage=usage,
+            middle_confidence=outcome.middle_confidence,
         )
         self._metrics.record_key(caller.name, usage.teacher_seconds)
         if outcome.degraded_reason is not None:
@@ -399,6 +424,7 @@ class Gateway:
 
     def describe(self) -> dict[str, Any]:
         """The models behind each role, and the cascade rule in force (``GET /v1/models``)."""
+        middle = self._in_force.middle
         return {
             "roles": {
                 role: {**summary, "model": _public_name(summary["model"])} for role, summary in self._roles.items()
@@ -412,11 +438,13 @@ class Gateway:
                 else {"target": self._policy.rule.target.value, "features": list(self._policy.rule.feature_names)},
                 "source": self._in_force.source,
                 "expected_escalation_rate": self._in_force.expected_escalation_rate,
+                "stages": [role for role in ROLES if role in self._roles],
+                "middle": None if middle is None else _describe_stage(middle),
             },
             "limits": self._limits.model_dump(),
             "resilience": {
                 **(self._resilience.model_dump() if self._resilience is not None else {}),
-                "breakers": {role: breaker.state for role, breaker in self._breakers.items()},
+                "breakers": {role: breaker.state for role, breaker in self._breakers.items() if role in self._roles},
             },
             "auth": {"enabled": self._auth.enabled},
         }

@@ -65,6 +65,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "status_class": ("2xx", "4xx", "5xx"),
     "degraded_reason": DEGRADED_REASONS,
     "failure": (*FAILURES, "breaker_open"),
+    "stage": ("student", "middle"),
 }
 """``key`` (an API key's name) is bounded too: its values are the names in the config and keys file."""
 
@@ -104,8 +105,8 @@ SPECS: dict[str, MetricSpec] = {
         MetricSpec(
             STUDENT_CONFIDENCE,
             "histogram",
-            "The student's calibrated confidence (the cascade's signal) for every text it judged.",
-            (),
+            "The cascade's signal for every text a stage judged: the student's, and the middle model's in a chain.",
+            ("stage",),
             CONFIDENCE_BUCKETS,
         ),
         MetricSpec(SHADOW, "counter", "Shadow comparisons with the teacher, by outcome.", ("outcome",)),
@@ -167,6 +168,7 @@ class RequestUsage:
     """Compute seconds one HTTP request used on each role (its share of the batches it rode in)."""
 
     student_seconds: float = 0.0
+    middle_seconds: float = 0.0
     teacher_seconds: float = 0.0
 
 
@@ -185,6 +187,7 @@ class GatewayMetrics:
         self._expected_escalation: float | None = None
         self._traffic_log_seen: dict[str, int] = {}
         self.student_dollars_per_hour = 0.0
+        self.middle_dollars_per_hour = 0.0
         self.teacher_dollars_per_hour = 0.0
 
     def configure(
@@ -192,12 +195,14 @@ class GatewayMetrics:
         *,
         student_dollars_per_hour: float,
         teacher_dollars_per_hour: float,
+        middle_dollars_per_hour: float = 0.0,
         reference: dict[str, list[float]] | None,
         window: int,
         min_samples: int,
     ) -> None:
         """Prices and the drift reference; keeps the live window when only prices change."""
         self.student_dollars_per_hour = student_dollars_per_hour
+        self.middle_dollars_per_hour = middle_dollars_per_hour
         self.teacher_dollars_per_hour = teacher_dollars_per_hour
         if reference is None:
             self._drift = None
@@ -224,8 +229,9 @@ class GatewayMetrics:
         duration_s: float,
         student_confidence: np.ndarray | None,
         usage: RequestUsage,
+        middle_confidence: np.ndarray | None = None,
     ) -> None:
-        """One answered classify request: its texts, latency, cost and savings, and the student's confidence."""
+        """One answered classify request: its texts, latency, cost and savings, and each stage's confidence."""
         self._refresh_gauges()
         for role in LABEL_VALUES["served_by"]:
             count = sum(1 for who in served_by if who == role)
@@ -239,6 +245,7 @@ class GatewayMetrics:
         self._m[REQUEST_DURATION].observe(duration_s, tags={"path": path})
 
         student_cost = dollars_for(usage.student_seconds, self.student_dollars_per_hour)
+        middle_cost = dollars_for(usage.middle_seconds, self.middle_dollars_per_hour)
         teacher_cost = dollars_for(usage.teacher_seconds, self.teacher_dollars_per_hour)
         if path == "forced":
             baseline = teacher_cost
@@ -246,16 +253,17 @@ class GatewayMetrics:
             baseline = dollars_for(
                 (self.teacher_seconds_per_text or 0.0) * len(served_by), self.teacher_dollars_per_hour
             )
-        for role, dollars in (("student", student_cost), ("teacher", teacher_cost)):
+        for role, dollars in (("student", student_cost), ("middle", middle_cost), ("teacher", teacher_cost)):
             if dollars > 0:
                 self._m[COST].inc(dollars, tags={"role": role})
         if baseline > 0:
             self._m[COST_BASELINE].inc(baseline)
-        self._save(baseline - student_cost - teacher_cost)
+        self._save(baseline - student_cost - middle_cost - teacher_cost)
 
+        for stage, scores in (("student", student_confidence), ("middle", middle_confidence)):
+            for value in scores if scores is not None else ():
+                self._m[STUDENT_CONFIDENCE].observe(float(value), tags={"stage": stage})
         if student_confidence is not None and len(student_confidence):
-            for value in student_confidence:
-                self._m[STUDENT_CONFIDENCE].observe(float(value))
             self._observe_drift(student_confidence)
 
     def expect_escalation(self, rate: float | None) -> None:

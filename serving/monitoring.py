@@ -236,7 +236,13 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
             Panel("Texts per second by model", [(_r(m.REQUESTS, by="served_by"), "{{served_by}}")], "reqps"),
             Panel(
                 "Student confidence",
-                [(f"sum by (le) (increase({P}{m.STUDENT_CONFIDENCE}_bucket[{RATE}]))", "{{le}}")],
+                [(f'sum by (le) (increase({P}{m.STUDENT_CONFIDENCE}_bucket{{stage="student"}}[{RATE}]))', "{{le}}")],
+                "short",
+                "heatmap",
+            ),
+            Panel(
+                "Middle model confidence (a chain of three)",
+                [(f'sum by (le) (increase({P}{m.STUDENT_CONFIDENCE}_bucket{{stage="middle"}}[{RATE}]))', "{{le}}")],
                 "short",
                 "heatmap",
             ),

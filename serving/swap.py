@@ -17,7 +17,7 @@ from pathlib import Path
 from serving.config import GatewayConfig
 from serving.errors import CascadeError
 from serving.registry import Registry
-from serving.vocabulary import REGISTRY_PREFIX, ROLES
+from serving.vocabulary import REGISTRY_PREFIX
 
 logger = logging.getLogger("cascade.swap")
 
@@ -25,8 +25,8 @@ logger = logging.getLogger("cascade.swap")
 def registry_locations(config: GatewayConfig) -> dict[str, str]:
     """The folder each ``registry:`` role points at now (cheap: reads the pointer, hashes nothing)."""
     locations: dict[str, str] = {}
-    for role in ROLES:
-        model = getattr(config, role).model
+    for role in config.roles:
+        model = config.model_settings(role).model
         if model.startswith(REGISTRY_PREFIX):
             location = Path(model.removeprefix(REGISTRY_PREFIX)).expanduser()
             locations[role] = str(Registry(location.parent).current_path(location.name))

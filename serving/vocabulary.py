@@ -4,7 +4,8 @@ One definition of each word, imported by the HTTP schemas, the cascade, the metr
 and the registry, so that a response, a metric label and a log row say the same thing the same way.
 
     route (what the client asked)     auto | student | teacher
-    served_by (who answered a text)   student | teacher
+    role (a model in the chain)       student | middle | teacher   (middle: optional, see below)
+    served_by (who answered a text)   a role
     reason (why the teacher ran)      escalation   the student was unsure (route auto)
                                       forced       the client asked for the teacher (route teacher)
                                       shadow       a sampled student answer, checked off the latency path
@@ -12,14 +13,21 @@ and the registry, so that a response, a metric label and a log row say the same 
     path (an HTTP request's latency)  student | escalation | forced
     failure (why a role did not answer) timeout | unavailable | overloaded | error | budget
     degraded reason                   <role>_<failure>: who could not answer, e.g. teacher_timeout
+                                      (a failed middle model: the teacher answers its texts)
+
+A chain of three (``middle`` configured): the student judges every text, the middle model the texts
+the student escalated, the teacher those the middle model escalated. ``escalation`` then means the
+text went past the student, whoever answered it.
 """
 
 from __future__ import annotations
 
 from typing import Literal, get_args
 
-Role = Literal["student", "teacher"]
-ROLES: tuple[Role, ...] = ("student", "teacher")
+Role = Literal["student", "middle", "teacher"]
+ROLES: tuple[Role, ...] = get_args(Role)
+"""Every role a gateway may serve, in chain order; ``middle`` only when the config names one."""
+REQUIRED_ROLES: tuple[Role, ...] = ("student", "teacher")
 
 Route = Literal["auto", "student", "teacher"]
 ROUTES: tuple[Route, ...] = ("auto", "student", "teacher")
@@ -48,6 +56,10 @@ DegradedReason = Literal[
     "student_unavailable",
     "student_overloaded",
     "student_error",
+    "middle_timeout",
+    "middle_unavailable",
+    "middle_overloaded",
+    "middle_error",
 ]
 DEGRADED_REASONS: tuple[DegradedReason, ...] = get_args(DegradedReason)
 

@@ -16,6 +16,7 @@ class Recorded:
         self.spec = spec
         self.values: dict[tuple[tuple[str, str], ...], float] = defaultdict(float)
         self.observations: list[float] = []
+        self.observed: dict[tuple[tuple[str, str], ...], list[float]] = defaultdict(list)
 
     def _key(self, tags: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
         tags = tags or {}
@@ -33,7 +34,7 @@ class Recorded:
         self.values[self._key(tags)] = value
 
     def observe(self, value: float, tags: dict[str, str] | None = None) -> None:
-        self._key(tags)
+        self.observed[self._key(tags)].append(value)
         self.observations.append(value)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -148,6 +149,96 @@ def test_gateway_serves_a_learned_deferral_rule_from_the_manifest(
     for result, score in zip(results, scores, strict=True):
         if not result["escalated"]:
             assert result["confidence"] == pytest.approx(score, abs=1e-5)
+
+
+def _widest_gap(scores: Any, at_least_below: int = 1) -> float:
+    """A threshold in the widest gap between two scores, with ``at_least_below`` scores under it and one above:
+    batching's float noise cannot move a text across it."""
+    ordered = sorted(float(x) for x in scores)
+    gaps = [(b - a, (a + b) / 2) for a, b in itertools.pairwise(ordered)]
+    return max(gaps[at_least_below - 1 :])[1]
+
+
+def test_gateway_serves_a_chain_of_three_as_calibrated(
+    gateway: tuple[str, dict[str, Any]], tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """student → middle → teacher: each text is answered by the stage the offline rules name, and said so."""
+    import shutil
+
+    import numpy as np
+    from ray import serve
+
+    from distill.calibrate import calibrate
+    from router import CascadePolicy, Signal
+    from router.stages import StagePolicy
+    from serving.application import build_app
+    from serving.artifact import MiddleStage, read_manifest, write_manifest
+    from serving.backends import load_backend
+    from serving.model_ref import resolve_model
+    from tests.builders import build_tiny_model, synthetic_predictions
+
+    url, config = gateway
+    root = tmp_path_factory.mktemp("chain")
+    student = shutil.copytree(tiny_pair.student, root / "student")
+    middle = build_tiny_model(root / "middle", layers=1, seed=3, role="student", onnx=False)
+    middle_ref = resolve_model(str(middle))
+    texts = [f"{TEXTS[i % len(TEXTS)]} {'please ' * (i // len(TEXTS))}".strip() for i in range(8)]
+    student_logits = load_backend(resolve_model(str(student))).logits(texts)
+    middle_logits = load_backend(middle_ref).logits(texts)
+
+    stored = calibrate(synthetic_predictions(300, 2, length_matters=False), "max_escalation", 0.5, rule="signals")
+    # Random tiny models are nearly uniform (logits within 0.01): a small temperature spreads their scores.
+    sharp = 0.01
+    student_verdict = CascadePolicy(0.0, Signal.MAX_PROB, sharp).judge(student_logits)
+    threshold = _widest_gap(student_verdict.confidence, at_least_below=3)  # the config's τ: some texts go on
+    escalated = np.flatnonzero(student_verdict.confidence < threshold)
+    # The middle stage keeps the answers it is surest of among those: its threshold splits them.
+    middle_scores = StagePolicy("max_prob", 0.0, sharp).judge(
+        middle_logits[escalated], student_verdict.probabilities[escalated], [len(texts[i]) for i in escalated]
+    )
+    middle_threshold = _widest_gap(middle_scores.confidence)
+    chain = MiddleStage(
+        model=middle_ref.version,
+        kind="max_prob",
+        threshold=middle_threshold,
+        temperature=sharp,
+        seconds_per_request=0.001,
+        dollars_per_hour=0.1,
+        expected_served_share=(0.5, 0.25, 0.25),
+    )
+    manifest = read_manifest(student)
+    write_manifest(
+        student, manifest.model_copy(update={"calibration": stored.calibration.model_copy(update={"middle": chain})})
+    )
+
+    expected = ["student"] * len(texts)
+    for position, row in enumerate(escalated):
+        expected[row] = "middle" if middle_scores.confidence[position] >= middle_threshold else "teacher"
+    assert {"student", "middle", "teacher"} <= set(expected)
+
+    chain_config = {
+        **config,
+        "cascade": {"signal": "max_prob", "threshold": threshold, "temperature": sharp},
+        "student": {**config["student"], "model": str(student)},
+        "middle": {**config["student"], "model": str(middle)},
+    }
+    serve.run(build_app(parse_config(chain_config)), name=APP, route_prefix="/")
+    try:
+        described = httpx.get(f"{url}/v1/models").json()
+        assert described["cascade"]["stages"] == ["student", "middle", "teacher"]
+        assert described["cascade"]["middle"] == {
+            "kind": "max_prob",
+            "threshold": middle_threshold,
+            "temperature": sharp,
+            "learned_rule": None,
+        }
+        assert described["roles"]["middle"]["model"] == "middle"
+        body = _classify(url, {"inputs": texts})
+        assert [r["served_by"] for r in body["results"]] == expected
+        assert [r["escalated"] for r in body["results"]] == [who != "student" for who in expected]
+        assert body["model_versions"]["middle"] == middle_ref.version
+    finally:
+        serve.run(build_app(parse_config(config)), name=APP, route_prefix="/")
 
 
 def test_api_keys_rotation_and_quota_apply_live_over_http(

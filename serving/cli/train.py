@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+from serving.artifact import MiddleStage
 from serving.cli.common import add_price_arguments
 from serving.constants import DEFAULT_CALIBRATION_CONFIDENCE as DEFAULT_CONFIDENCE
 from serving.errors import CascadeError
+from serving.vocabulary import ROLES
 
 
 def _train_settings(args: argparse.Namespace) -> Any:
@@ -88,8 +91,19 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_chain(middle: MiddleStage, teacher_only_dollars: float) -> None:
+    costs = ", ".join(
+        f"{name} {'not met' if dollars is None else f'{dollars / teacher_only_dollars:.3f}'}"
+        for name, dollars in middle.compared.items()
+    )
+    print(f"chains compared (cost at the target, as a share of teacher-only): {costs}")
+    shares = ", ".join(f"{role} {share:.3f}" for role, share in zip(ROLES, middle.expected_served_share, strict=True))
+    print(f"middle model {middle.model}: rule {middle.kind}, threshold {middle.threshold:.4f}; answered by {shares}")
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from distill.calibrate import calibrate_artifacts
+    from distill.chain import calibrate_chain_artifacts
 
     targets = [
         (k, v)
@@ -108,19 +122,37 @@ def _calibrate(args: argparse.Namespace) -> int:
     ((target, value),) = targets
     if not 0.5 <= args.confidence < 1:
         raise CascadeError(f"--confidence must be at least 0.5 and below 1, got {args.confidence}")
-    report = calibrate_artifacts(
-        args.teacher,
-        args.student,
-        args.data,
-        target,  # type: ignore[arg-type]
-        value,
-        write=not args.dry_run,
-        threads=args.threads,
-        student_price=args.student_price,
-        teacher_price=args.teacher_price,
-        rule=args.rule,
-        confidence_level=None if args.point_estimate else args.confidence,
-    )
+    confidence_level = None if args.point_estimate else args.confidence
+    if args.middle is not None:
+        if target != "max_quality_loss" or args.rule != "auto":
+            raise CascadeError("--middle calibrates a chain for --max-quality-loss, trying every rule (no --rule)")
+        report = calibrate_chain_artifacts(
+            args.teacher,
+            args.student,
+            args.middle,
+            args.data,
+            value,
+            write=not args.dry_run,
+            threads=args.threads,
+            student_price=args.student_price,
+            middle_price=args.middle_price,
+            teacher_price=args.teacher_price,
+            confidence_level=confidence_level,
+        )
+    else:
+        report = calibrate_artifacts(
+            args.teacher,
+            args.student,
+            args.data,
+            target,  # type: ignore[arg-type]
+            value,
+            write=not args.dry_run,
+            threads=args.threads,
+            student_price=args.student_price,
+            teacher_price=args.teacher_price,
+            rule=args.rule,
+            confidence_level=confidence_level,
+        )
     calibration = report.calibration
     expected = report.expected
     chosen = expected.chosen
@@ -138,6 +170,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"of fold (cost per 1,000 at the target): {costs}; kept {calibration.rule_choice.kept}"
         )
     print(f"signal {report.signal.value}, threshold {report.threshold:.4f} for {target} = {value}")
+    if calibration.middle is not None:
+        _print_chain(calibration.middle, calibration.expected.teacher_only.dollars_per_1000)
     print(f"expected on live traffic ({expected.examples} calibration texts, 95% intervals):")
     print(f"  escalation rate {chosen.escalation_rate:.3f} [{low:.3f}, {high:.3f}]")
     print(f"  {calibration.quality_measure} {chosen.quality:.4f} [{q_low:.4f}, {q_high:.4f}]")
@@ -311,6 +345,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     calibrate.add_argument(
         "--point-estimate", action="store_true", help="choose on the measured loss itself (holds about half the time)"
+    )
+    calibrate.add_argument(
+        "--middle",
+        help="a chain of three: this model between student and teacher (the gateway's middle section), "
+        "all thresholds chosen together",
+    )
+    calibrate.add_argument(
+        "--middle-price", type=float, default=DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, help="middle model node $/hour (CPU)"
     )
     calibrate.add_argument("--threads", type=int, default=1)
     calibrate.add_argument("--output", type=Path, help="also write the full report as JSON")
