@@ -9,8 +9,10 @@ One run:
 4. splits the logged texts by a stable hash into training and a held-back slice (never trained on),
    and distils a candidate *from the current student's weights*: the teacher's logged logits are
    the soft targets (and their argmax the hard labels), plus the base training data if named;
-5. calibrates the candidate on the held-back slice (teacher labels as the reference), and evaluates
-   candidate and current student on it: agreement with the teacher and CPU time per text;
+5. calibrates the candidate on the held-back slice (teacher labels as the reference) with the same
+   kind of rule as the current student (learned stays learned; a chain's student is calibrated as a
+   chain again, through the same middle model from the registry), and evaluates candidate and current
+   student on it: agreement with the teacher and CPU time per text;
 6. promotes (registry add + atomic pointer change) only a candidate at least as good on agreement
    and not more costly (within ``cost_tolerance``); otherwise keeps the current one and says why.
 
@@ -31,14 +33,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from distill.gate import StudentMeasurement, decide_promotion, triggers
+from serving.artifact import MiddleStage
 from serving.errors import ArtifactError, CascadeError
 from serving.registry import Registry
+
+if TYPE_CHECKING:
+    from distill.calibrate import CalibrationReport
+    from distill.predictions import Predictions
 
 REPORT_VERSION = 1
 MIN_CALIBRATION_TEXTS = 30
@@ -424,16 +431,19 @@ def _evaluate(
         sample_size = len(sample.texts)
         sample_kind = "traffic-weighted" if enough and settings.shadow_rate else "held-back slice"
         try:
-            report = calibrate(
-                sample,
-                "max_quality_loss",
-                settings.max_quality_loss,
-                student_price=price,
-                teacher_price=price,
-                rule="learned" if learned else "signals",
-                confidence_level=rule_confidence,
-            )
-        except ValueError as error:
+            if previous_calibration is not None and previous_calibration.middle is not None:
+                report = _calibrate_chain(settings, sample, previous_calibration.middle, rule_confidence)
+            else:
+                report = calibrate(
+                    sample,
+                    "max_quality_loss",
+                    settings.max_quality_loss,
+                    student_price=price,
+                    teacher_price=price,
+                    rule="learned" if learned else "signals",
+                    confidence_level=rule_confidence,
+                )
+        except (ValueError, ArtifactError) as error:
             measured[who] = StudentMeasurement(**base, calibration_error=str(error))
         else:
             write_calibration(candidate, report)
@@ -443,6 +453,7 @@ def _evaluate(
                     "temperature": report.temperature,
                     "signal": report.signal.value,
                     "threshold": report.threshold,
+                    **({"middle": report.calibration.middle.model} if report.calibration.middle else {}),
                 },
                 expected_escalation_rate=report.calibration.expected_escalation_rate,
             )
@@ -452,6 +463,33 @@ def _evaluate(
         calibration_sample=sample_kind,
         candidate=measured["candidate"],
         current=measured["current"],
+    )
+
+
+def _calibrate_chain(
+    settings: RedistillSettings, sample: Predictions, middle: MiddleStage, confidence_level: float | None
+) -> CalibrationReport:
+    """A chain's student is re-calibrated as a chain, through the same middle model, found in the registry."""
+    from distill.chain import StageOutputs, chain_report
+    from distill.predictions import model_outputs
+    from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+    from serving.model_ref import resolve_model
+
+    name, _, version = middle.model.rpartition(":")
+    try:
+        entry = Registry(settings.registry).get(name, version)
+    except ArtifactError as error:
+        raise ArtifactError(f"the chain's middle model {middle.model} is not in the registry: {error}") from None
+    logits, seconds = model_outputs(resolve_model(str(entry.path)), sample.texts, max_length=settings.max_length)
+    price = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+    return chain_report(
+        sample,
+        StageOutputs(middle.model, logits, seconds),
+        settings.max_quality_loss,
+        student_price=price,
+        middle_price=price,
+        teacher_price=price,
+        confidence_level=confidence_level,
     )
 
 

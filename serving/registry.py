@@ -110,7 +110,10 @@ class Registry:
         return self.get(pointer["name"], pointer["version"]) if pointer else None
 
     def promote(self, role: str, name: str, version: str, *, reason: str = "") -> Entry:
-        """Point ``role`` at ``name:version`` (which must exist and be intact); keeps the history."""
+        """Point ``role`` at ``name:version`` (which must exist and be intact); keeps the history.
+
+        A student artifact may also serve as the middle model of a chain.
+        """
         entry = self.get(name, version)
         if entry.manifest.role != role and not (role == "middle" and entry.manifest.role == "student"):
             raise ArtifactError(f"{name}:{version} is a {entry.manifest.role}, not a {role}")

@@ -147,6 +147,43 @@ def test_a_candidate_trained_on_the_teachers_labels_is_promoted_and_a_shuffled_o
     assert [e.version for e in registry.entries() if e.name == "tiny-student"] == ["1", "2"]  # never added
 
 
+@pytest.mark.slow
+def test_a_chains_student_is_recalibrated_as_a_chain_through_the_same_middle_model(
+    setup: tuple[Registry, Path, TinyPair], tmp_path: Path
+) -> None:
+    import shutil
+
+    from distill.calibrate import calibrate
+    from serving.artifact import MiddleStage, read_manifest, write_manifest
+    from tests.builders import build_tiny_model, synthetic_predictions
+
+    _, log, pair = setup
+    middle = build_tiny_model(tmp_path / "middle", layers=1, seed=3, role="middle", onnx=False)
+    student = Path(shutil.copytree(pair.student, tmp_path / "student"))
+    stored = calibrate(synthetic_predictions(300, 1, length_matters=False), "max_escalation", 0.3).calibration
+    chain = MiddleStage(
+        model="tiny-middle:1",
+        kind="agreement",
+        threshold=0.5,
+        temperature=1.0,
+        seconds_per_request=0.001,
+        dollars_per_hour=0.1,
+        expected_served_share=(0.7, 0.2, 0.1),
+    )
+    manifest = read_manifest(student)
+    write_manifest(student, manifest.model_copy(update={"calibration": stored.model_copy(update={"middle": chain})}))
+    registry = Registry(tmp_path / "chain-registry")
+    for folder in (student, pair.teacher, middle):
+        registry.add(folder)
+    registry.promote("student", "tiny-student", "1")
+    registry.promote("teacher", "tiny-teacher", "1")
+    report = run_redistill(_settings(registry, log, tmp_path / "chain", force=True, epochs=2), log=lambda _: None)
+    assert report.evaluation is not None
+    candidate = report.evaluation.candidate
+    assert candidate.calibration is not None, candidate.calibration_error
+    assert candidate.calibration["middle"] == "tiny-middle:1"
+
+
 def test_the_gate_judges_agreement_first_and_cost_by_shape_then_time() -> None:
     from distill.gate import StudentMeasurement, decide_promotion
 

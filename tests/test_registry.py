@@ -62,6 +62,10 @@ def test_promotion_checks_role_and_existence(registry: Registry) -> None:
         registry.promote("student", "tiny-student", "9")
     with pytest.raises(ArtifactError, match="already in the registry"):
         registry.add(registry.path_of("tiny-student", "1"))
+    registry.promote("middle", "tiny-student", "2")  # a student may serve as a chain's middle model
+    assert resolve_model(f"registry:{registry.root}/middle").version == "tiny-student:2"
+    with pytest.raises(ArtifactError, match="is a teacher, not a middle"):
+        registry.promote("middle", "tiny-teacher", "1")
 
 
 def test_a_crash_midway_through_promotion_leaves_the_old_pointer(

@@ -29,8 +29,9 @@ def _models(args: argparse.Namespace) -> int:
     elif args.action == "promote":
         name, _, version = args.target.partition(":")
         entry = registry.get(name, version)
-        registry.promote(entry.manifest.role, name, version, reason=args.reason)
-        print(f"{entry.manifest.role} -> {name}:{version}")
+        role = args.role or entry.manifest.role
+        registry.promote(role, name, version, reason=args.reason)
+        print(f"{role} -> {name}:{version}")
     elif args.action == "rollback":
         entry = registry.rollback(args.target)
         print(f"{args.target} -> {entry.name}:{entry.version}")
@@ -45,4 +46,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     models.add_argument("--registry", required=True, type=Path, help="registry root folder")
     models.add_argument("--reason", default="", help="promote: why, kept in the pointer's history")
+    models.add_argument(
+        "--role", choices=ROLES, help="promote: the role to serve it in (default: its own; a student may be a middle)"
+    )
     models.set_defaults(func=_models)
