@@ -108,6 +108,23 @@ def candidate_thresholds(scores: NDArray[np.float64], size: int = GRID_SIZE) -> 
     return np.concatenate([[0.0], inner, [math.nextafter(float(scores.max()), math.inf)]])
 
 
+ESCALATE_ALL = 2.0
+"""A threshold above every score (all scores are in [0, 1]): the stage keeps nothing."""
+
+
+def chain_points(outcomes: ChainOutcomes, *, confidence: float | None = None) -> list[ChainPoint]:
+    """Every candidate set of thresholds, evaluated (with the quality-loss bound when ``confidence``)."""
+    if len(outcomes.scores) == 1:
+        grid = candidate_thresholds(outcomes.scores[0])
+        return [evaluate(outcomes, (float(t),), confidence=confidence) for t in grid]
+    return _two_student_grid(outcomes, confidence)
+
+
+def _meets(outcomes: ChainOutcomes, point: ChainPoint, limit: float, confidence: float | None) -> bool:
+    loss = outcomes.teacher_quality - point.quality if confidence is None else point.quality_loss_bound
+    return loss <= limit
+
+
 def choose_chain(
     outcomes: ChainOutcomes, max_quality_loss_points: float, *, confidence: float | None = None
 ) -> ChainPoint:
@@ -115,17 +132,45 @@ def choose_chain(
 
     Escalating everything (the teacher alone) always qualifies, so there is always an answer.
     """
-    if len(outcomes.scores) == 1:
-        grid = candidate_thresholds(outcomes.scores[0])
-        points = [evaluate(outcomes, (float(t),), confidence=confidence) for t in grid]
-    else:
-        points = _two_student_grid(outcomes, confidence)
     limit = max_quality_loss_points / 100 + 1e-12
-    if confidence is None:
-        feasible = [p for p in points if outcomes.teacher_quality - p.quality <= limit]
-    else:
-        feasible = [p for p in points if p.quality_loss_bound <= limit]
+    feasible = [p for p in chain_points(outcomes, confidence=confidence) if _meets(outcomes, p, limit, confidence)]
     return min(feasible, key=lambda p: (p.dollars_per_1000, -p.quality))
+
+
+def cost_frontier(points: Sequence[ChainPoint]) -> list[ChainPoint]:
+    """The points whose bound no cheaper point matches, from the most expensive (the surest) to the cheapest."""
+    kept: list[ChainPoint] = []
+    best = math.inf
+    for point in sorted(points, key=lambda p: (p.dollars_per_1000, p.quality_loss_bound)):
+        if point.quality_loss_bound < best:
+            kept.append(point)
+            best = point.quality_loss_bound
+    return kept[::-1]
+
+
+def fixed_sequence(
+    outcomes: ChainOutcomes,
+    sequence: Sequence[tuple[float, ...]],
+    max_quality_loss_points: float,
+    *,
+    confidence: float,
+) -> ChainPoint:
+    """Test threshold sets in a fixed order on ``outcomes``; the last one before the first failure.
+
+    Fixed-sequence testing: when the order was fixed without these texts (on other calibration texts),
+    the chosen point's bound holds at ``confidence`` however long the sequence, with no correction for
+    the many candidates (Angelopoulos et al., Learn then Test, 2021). Escalating everything is tested
+    first and always passes: its bound is 0.
+    """
+    limit = max_quality_loss_points / 100 + 1e-12
+    stages = len(outcomes.scores)
+    chosen = evaluate(outcomes, (ESCALATE_ALL,) * stages, confidence=confidence)
+    for thresholds in sequence:
+        point = evaluate(outcomes, thresholds, confidence=confidence)
+        if not _meets(outcomes, point, limit, confidence):
+            break
+        chosen = point
+    return chosen
 
 
 def _two_student_grid(outcomes: ChainOutcomes, confidence: float | None) -> list[ChainPoint]:
