@@ -292,6 +292,12 @@ def write_cascade_report(results: list[dict[str, Any]], command: str, output: Pa
         "Oracle: the cheapest routing that reaches the method's accuracy knowing every model's answers (for",
         "the chain, it stops at the first stage that is right), so a share of its savings is at most 1.",
         "",
+        "The chain's thresholds are tested in an order fixed without labels (from the surest to the cheapest,",
+        "by cost and each stage's own confidence), stopping at the first that fails: picking the cheapest of",
+        "thousands of candidates whose bound passes on the same texts would make the bound optimistic. The",
+        "choice among the rule combinations (at most six) is not corrected for. It is what",
+        "`cascade calibrate --middle` does and what the gateway serves.",
+        "",
     ]
     for result in results:
         seconds = ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in result["seconds_per_request"].items())

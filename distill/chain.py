@@ -39,10 +39,9 @@ from router.chain import (
     ChainOutcomes,
     ChainPoint,
     chain_oracle_route,
-    chain_points,
     choose_chain,
-    cost_frontier,
     fixed_sequence,
+    label_free_order,
     share_of_chain_oracle_savings,
 )
 from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR, DEFAULT_GPU_NODE_DOLLARS_PER_HOUR, dollars_for
@@ -55,6 +54,7 @@ from router.deferral import (
     deferral_features,
     keep_labels,
 )
+from router.signals import max_prob
 from router.stages import StageKind, agreement_score, stage_score
 from router.tradeoff import random_routing, reference_points, wilson_interval
 from serving.artifact import (
@@ -73,8 +73,6 @@ from serving.model_ref import check_same_labels, resolve_model
 FIRST_STAGE_RULES: tuple[StageKind, ...] = ("max_prob", "learned")
 """In the order tried: closed-form first."""
 LATER_STAGE_RULES: tuple[StageKind, ...] = ("max_prob", "agreement", "learned")
-TEST_SHARE = 0.5
-"""Share of the calibration texts that test the thresholds chosen on the others (see ``calibrate_chain``)."""
 
 
 @dataclass(frozen=True)
@@ -133,13 +131,9 @@ class ChainCalibration:
     rules: tuple[StageRule, ...]
     thresholds: tuple[float, ...]
     chosen: ChainPoint
-    """The chosen point, measured on the test part (or on every text when there is none)."""
+    """The chosen point on the calibration texts."""
     compared: dict[str, float | None]
-    """Each combination's cost per 1,000 at the target on the texts that chose the rules."""
-    chosen_on: int
-    """How many texts ``chosen`` was measured on (the test part, when there is one)."""
-    test_rows: np.ndarray | None = None
-    """The rows of the calibration data that tested the thresholds (None: all chose and measured)."""
+    """Each combination's cost per 1,000 at the target (every text scored out of fold for a learned rule)."""
 
     @property
     def name(self) -> str:
@@ -195,33 +189,6 @@ def _fit_rules(
     return tuple(rules), scores
 
 
-def _select(
-    data: ChainData, max_quality_loss_points: float, dollars: list[float], confidence_level: float | None, seed: int
-) -> tuple[tuple[StageRule, ...], ChainPoint, list[ChainPoint], dict[str, float | None]]:
-    """On ``data``: the cheapest combination of rules, its point for the target, all its candidate points,
-    and each combination's cost at the target."""
-    temperatures = [fit_temperature(stage.logits, data.gold) for stage in data.students]
-    learn = data.gold.size >= MIN_RULE_TEXTS  # as in distill.calibrate: too few texts to fit a rule on
-    combinations = [
-        (first, *later)
-        for first in FIRST_STAGE_RULES
-        for later in itertools.product(LATER_STAGE_RULES, repeat=len(data.students) - 1)
-        if learn or "learned" not in (first, *later)
-    ]
-    compared: dict[str, float | None] = {}
-    best: tuple[ChainPoint, tuple[StageRule, ...], list[ChainPoint]] | None = None
-    for kinds in combinations:  # closed-form combinations first: on a tie the simpler one wins
-        rules, scores = _fit_rules(data, kinds, temperatures, seed)
-        outcomes = ChainOutcomes.from_arrays(scores, data.correct(), dollars)
-        points = chain_points(outcomes, confidence=confidence_level)
-        point = choose_chain(outcomes, max_quality_loss_points, confidence=confidence_level)
-        compared[" → ".join(kinds)] = point.dollars_per_1000
-        if best is None or (point.dollars_per_1000, -point.quality) < (best[0].dollars_per_1000, -best[0].quality):
-            best = (point, rules, points)
-    assert best is not None
-    return best[1], best[0], best[2], compared
-
-
 def calibrate_chain(
     data: ChainData,
     max_quality_loss_points: float,
@@ -231,27 +198,41 @@ def calibrate_chain(
     confidence_level: float | None,
     middle_price: float | None = None,
     seed: int = 0,
-    test_share: float = TEST_SHARE,
 ) -> ChainCalibration:
     """The cheapest combination of stage rules and thresholds for the target (see the module docstring).
 
-    With ``confidence_level``, the rules and the order of candidate thresholds are chosen on one part
-    of the texts, and the thresholds tested on the other (``test_share``), in that order, stopping at
-    the first that fails (``router.chain.fixed_sequence``): the bound then holds for the point chosen
-    among thousands, which a bound computed on the texts that chose it does not.
+    With ``confidence_level`` the thresholds are not the cheapest of thousands whose bound passes (the
+    bound of a point picked among thousands on the same texts is optimistic): each combination's
+    candidates are ordered without labels, from the surest to the cheapest, and tested in that order,
+    stopping at the first that fails (``router.chain.label_free_order``, ``fixed_sequence``). The
+    choice among the combinations themselves (at most six) is not corrected for.
     """
+    temperatures = [fit_temperature(stage.logits, data.gold) for stage in data.students]
     dollars = data.stage_dollars(student_price, teacher_price, middle_price)
-    if confidence_level is None or test_share <= 0:
-        rules, chosen, _, compared = _select(data, max_quality_loss_points, dollars, confidence_level, seed)
-        return ChainCalibration(rules, chosen.thresholds, chosen, compared, data.gold.size)
-    order = np.random.default_rng(seed).permutation(data.gold.size)
-    tested = round(test_share * data.gold.size)
-    selection, test = data.subset(np.sort(order[tested:])), data.subset(np.sort(order[:tested]))
-    rules, _, points, compared = _select(selection, max_quality_loss_points, dollars, confidence_level, seed)
-    sequence = [point.thresholds for point in cost_frontier(points)]
-    held = ChainOutcomes.from_arrays(stage_scores(test, rules), test.correct(), dollars)
-    chosen = fixed_sequence(held, sequence, max_quality_loss_points, confidence=confidence_level)
-    return ChainCalibration(rules, chosen.thresholds, chosen, compared, test.gold.size, np.sort(order[:tested]))
+    right_chance = [max_prob(softmax(stage.logits, t)) for stage, t in zip(data.students, temperatures, strict=True)]
+    learn = data.gold.size >= MIN_RULE_TEXTS  # as in distill.calibrate: too few texts to fit a rule on
+    combinations = [
+        (first, *later)
+        for first in FIRST_STAGE_RULES
+        for later in itertools.product(LATER_STAGE_RULES, repeat=len(data.students) - 1)
+        if learn or "learned" not in (first, *later)
+    ]
+    compared: dict[str, float | None] = {}
+    best: tuple[ChainPoint, tuple[StageRule, ...]] | None = None
+    for kinds in combinations:  # closed-form combinations first: on a tie the simpler one wins
+        rules, scores = _fit_rules(data, kinds, temperatures, seed)
+        outcomes = ChainOutcomes.from_arrays(scores, data.correct(), dollars)
+        if confidence_level is None:
+            point = choose_chain(outcomes, max_quality_loss_points)
+        else:
+            order = label_free_order(outcomes, right_chance)
+            point = fixed_sequence(outcomes, order, max_quality_loss_points, confidence=confidence_level)
+        compared[" → ".join(kinds)] = point.dollars_per_1000
+        if best is None or (point.dollars_per_1000, -point.quality) < (best[0].dollars_per_1000, -best[0].quality):
+            best = (point, rules)
+    assert best is not None
+    point, rules = best
+    return ChainCalibration(rules, point.thresholds, point, compared)
 
 
 TWO_STAGES = "student → teacher"
@@ -308,18 +289,12 @@ def chain_report(
         ).expected.chosen.dollars_per_1000
     except ValueError:
         alone = None
-    # What to expect: measured on the texts that tested the thresholds, not on those that chose them.
-    measured = (
-        (data, predictions)
-        if chain.test_rows is None
-        else (data.subset(chain.test_rows), predictions.subset(chain.test_rows))
-    )
     outcomes = chain_outcomes(
-        measured[0], chain.rules, student_price=student_price, teacher_price=teacher_price, middle_price=middle_price
+        data, chain.rules, student_price=student_price, teacher_price=teacher_price, middle_price=middle_price
     )
     point = chain.chosen
     n = outcomes.size
-    two_stage = measured[1].outcomes(outcomes.scores[0])
+    two_stage = predictions.outcomes(outcomes.scores[0])
     cost = cost_model(predictions, student_price=student_price, teacher_price=teacher_price)
     references = reference_points(two_stage, cost)
     oracle_dollars, oracle_to_teacher = chain_oracle_route(outcomes, point.quality)
@@ -361,7 +336,7 @@ def chain_report(
             teacher_dollars_per_hour=teacher_price,
         ),
         expected=expected,
-        reference_confidence=reference_histogram(stage_scores(data, chain.rules)[0]),
+        reference_confidence=reference_histogram(outcomes.scores[0]),
         confidence=confidence_level,
         rule=learned,
         middle=MiddleStage(

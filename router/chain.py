@@ -80,12 +80,20 @@ def serving_stage(outcomes: ChainOutcomes, thresholds: tuple[float, ...]) -> NDA
     return stage
 
 
+def called_dollars(stage_dollars: Sequence[float], thresholds: Sequence[float]) -> list[float]:
+    """Each stage's price, 0 for a later stage that keeps nothing (threshold > 1): the gateway skips it."""
+    return [
+        0.0 if 0 < index < len(thresholds) and thresholds[index] > 1 else float(dollars)
+        for index, dollars in enumerate(stage_dollars)
+    ]
+
+
 def evaluate(outcomes: ChainOutcomes, thresholds: tuple[float, ...], *, confidence: float | None = None) -> ChainPoint:
     """Quality, cost and the share each stage served, for one set of thresholds."""
     stage = serving_stage(outcomes, thresholds)
     rows = np.arange(outcomes.size)
     correct = np.stack(outcomes.correct)[stage, rows]
-    paid = np.cumsum(outcomes.stage_dollars)[stage]
+    paid = np.cumsum(called_dollars(outcomes.stage_dollars, thresholds))[stage]
     teacher = outcomes.correct[-1]
     bound = float("nan")
     if confidence is not None:
@@ -137,15 +145,50 @@ def choose_chain(
     return min(feasible, key=lambda p: (p.dollars_per_1000, -p.quality))
 
 
-def cost_frontier(points: Sequence[ChainPoint]) -> list[ChainPoint]:
-    """The points whose bound no cheaper point matches, from the most expensive (the surest) to the cheapest."""
-    kept: list[ChainPoint] = []
-    best = math.inf
-    for point in sorted(points, key=lambda p: (p.dollars_per_1000, p.quality_loss_bound)):
-        if point.quality_loss_bound < best:
-            kept.append(point)
-            best = point.quality_loss_bound
-    return kept[::-1]
+def label_free_order(outcomes: ChainOutcomes, right_chance: Sequence[NDArray[np.float64]]) -> list[tuple[float, ...]]:
+    """Candidate thresholds from the surest to the cheapest, ordered without looking at a single label.
+
+    ``right_chance``: each student stage's own estimate that its answer is right, per text (its
+    calibrated top probability). Each candidate's cost and expected number of right answers follow
+    from scores and these estimates alone; the candidates that no cheaper one matches in expected
+    right answers, most expensive first, are the order ``fixed_sequence`` tests them in. Because the
+    order ignores the labels, testing on the same texts is sound.
+    """
+    if len(outcomes.scores) == 1:
+        grid = candidate_thresholds(outcomes.scores[0])
+        keep = (outcomes.scores[0][None, :] >= grid[:, None]).astype(np.float64)
+        expected = keep @ right_chance[0] + (1 - keep).sum(axis=1)
+        reached = (1 - keep).sum(axis=1)
+        dollars = outcomes.stage_dollars[0] + outcomes.stage_dollars[1] * reached / outcomes.size
+        points: list[tuple[tuple[float, ...], float, float]] = [
+            ((float(t),), float(d), float(e)) for t, d, e in zip(grid, dollars, expected, strict=True)
+        ]
+    else:
+        first_grid, second_grid = (candidate_thresholds(s) for s in outcomes.scores)
+        keep1 = (outcomes.scores[0][None, :] >= first_grid[:, None]).astype(np.float64)
+        keep2 = (outcomes.scores[1][None, :] >= second_grid[:, None]).astype(np.float64)
+        pass1, pass2 = 1.0 - keep1, 1.0 - keep2
+        expected = (keep1 @ right_chance[0])[:, None] + pass1 @ (keep2 * right_chance[1]).T + pass1 @ pass2.T
+        d1, d2, dt = outcomes.stage_dollars
+        dollars = d1 + (d2 * pass1.sum(axis=1)[:, None] + dt * (pass1 @ pass2.T)) / outcomes.size
+        points = [
+            ((float(first_grid[i]), float(second_grid[j])), float(dollars[i, j]), float(expected[i, j]))
+            for i in range(first_grid.size)
+            for j in range(second_grid.size)
+        ]
+        # The two-model cascades too: the middle stage skipped (it keeps nothing, so it is never called).
+        alone = (keep1 @ right_chance[0]) + pass1.sum(axis=1)
+        skipped = d1 + dt * pass1.sum(axis=1) / outcomes.size
+        points += [
+            ((float(t), ESCALATE_ALL), float(d), float(e)) for t, d, e in zip(first_grid, skipped, alone, strict=True)
+        ]
+    order: list[tuple[float, ...]] = []
+    best = -math.inf
+    for thresholds, _, right in sorted(points, key=lambda p: (p[1], -p[2])):
+        if right > best + 1e-12:
+            order.append(thresholds)
+            best = right
+    return order[::-1]
 
 
 def fixed_sequence(

@@ -161,7 +161,7 @@ async def run_cascade(
     rows = [int(i) for i in np.flatnonzero(verdict.escalate)]
     fallback = list(results)  # what stands for a text the teacher cannot answer: the last answer before it
     reason: DegradedReason | None = None
-    if middle is not None and middle_policy is not None:
+    if middle is not None and middle_policy is not None and middle_policy.threshold <= 1:  # > 1 keeps nothing
         try:
             middle_logits = await middle([texts[i] for i in rows])
         except _MODEL_FAILURES as error:

@@ -206,3 +206,23 @@ def test_metrics_count_cost_and_confidence_per_stage() -> None:
     observed = made[m.STUDENT_CONFIDENCE].observed
     assert observed[(("stage", "student"),)] == pytest.approx([0.9, 0.4, 0.3])
     assert observed[(("stage", "middle"),)] == pytest.approx([0.8, 0.2])
+
+
+def test_a_middle_stage_that_keeps_nothing_is_not_called() -> None:
+    """Calibration may find that only the teacher meets the target: then the middle model is skipped."""
+    middle, teacher = Model(MIDDLE), Model({"x": SURE_B, "y": SURE_B, "z": SURE_B})
+    outcome = asyncio.run(
+        run_cascade(
+            TEXTS,
+            "auto",
+            policy=CascadePolicy(0.7, Signal.MAX_PROB),
+            labels=LABELS,
+            teacher_temperature=1.0,
+            student=Model(STUDENT.answers),
+            teacher=teacher,
+            middle=middle,
+            middle_policy=StagePolicy("max_prob", 2.0),
+        )
+    )
+    assert middle.asked == [] and teacher.asked == ["x", "y", "z"]
+    assert [r.served_by for r in outcome.results] == ["student", "teacher", "teacher", "teacher"]
