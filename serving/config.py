@@ -224,23 +224,35 @@ class MetricsSettings(_Strict):
     port: int = Field(c.DEFAULT_METRICS_PORT, ge=1, le=65535)
 
 
-class AutoscalingSettings(_Strict):
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: PositiveInt = 1
-    target_ongoing_requests: PositiveInt = 32
+def _ray_autoscaling(value: Any) -> dict[str, Any]:
+    """Validate by Ray Serve's own ``AutoscalingConfig`` (every field it accepts), rejecting unknown keys.
 
-    @model_validator(mode="after")
-    def _ordered(self) -> AutoscalingSettings:
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
-        return self
+    Ray's model ignores a key it does not know; a typo in a scaling setting must not pass silently.
+    Kept as the keys the config set: Ray fills in its defaults itself, except ``target_ongoing_requests``
+    (``serving.constants``: Ray's default of 2 starves dynamic batches).
+    """
+    from ray.serve.config import AutoscalingConfig
+
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping of Ray Serve autoscaling settings, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(AutoscalingConfig.model_fields))
+    if unknown:
+        allowed = ", ".join(AutoscalingConfig.model_fields)
+        raise ValueError(f"unknown autoscaling keys {unknown}; Ray Serve's AutoscalingConfig accepts: {allowed}")
+    settings = {"target_ongoing_requests": c.DEFAULT_TARGET_ONGOING_REQUESTS, **value}
+    try:
+        AutoscalingConfig.model_validate(settings)
+    except ValidationError as error:  # Ray's model is pydantic too: name its first complaint
+        raise ValueError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    return settings
 
 
 class DeploymentSettings(_Strict):
     """Ray Serve placement and admission for one deployment."""
 
     num_replicas: PositiveInt = 1
-    autoscaling: AutoscalingSettings | None = None
+    autoscaling: dict[str, Any] | None = None
+    """Anything Ray Serve's ``AutoscalingConfig`` accepts (replaces ``num_replicas``)."""
     num_cpus: NonNegativeFloat = 1.0
     num_gpus: NonNegativeFloat = 0.0
     max_ongoing_requests: PositiveInt = c.DEFAULT_MODEL_MAX_ONGOING_REQUESTS
@@ -256,6 +268,11 @@ class DeploymentSettings(_Strict):
             raise ValueError(f"must be -1 (no limit) or a positive integer, got {value}")
         return value
 
+    @field_validator("autoscaling", mode="before")
+    @classmethod
+    def _autoscaling(cls, value: Any) -> dict[str, Any] | None:
+        return None if value is None else _ray_autoscaling(value)
+
     def ray_options(self, name: str) -> dict[str, Any]:
         """The keyword arguments of ``Deployment.options`` that these settings stand for."""
         options: dict[str, Any] = {
@@ -267,7 +284,7 @@ class DeploymentSettings(_Strict):
             "health_check_timeout_s": self.health_check_timeout_s,
         }
         if self.autoscaling is not None:
-            options["autoscaling_config"] = self.autoscaling.model_dump()
+            options["autoscaling_config"] = dict(self.autoscaling)
         else:
             options["num_replicas"] = self.num_replicas
         return options

@@ -60,6 +60,9 @@ DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
 DEFAULT_MODEL_MAX_ONGOING_REQUESTS = 64
 DEFAULT_MODEL_MAX_QUEUED_REQUESTS = 1_024
 DEFAULT_THREADS = 1
+# Autoscaling: Ray Serve adds replicas as ongoing requests per replica pass this. Ray's default (2)
+# would scale out before a dynamic batch could fill; one full batch waiting is the target here.
+DEFAULT_TARGET_ONGOING_REQUESTS = DEFAULT_MAX_BATCH_SIZE
 
 # Ingress: async, no model, so it may hold many requests at once.
 DEFAULT_INGRESS_MAX_ONGOING_REQUESTS = 256

@@ -335,6 +335,23 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
 }
 
 
+CLUSTER_LABEL = "ray_io_cluster"
+"""The Ray cluster a series came from: KubeRay's pod label, which the PodMonitor copies onto every series.
+Absent on one machine, where the dashboards' ``All`` (``.*``) still matches."""
+_RAW_SERIES = re.compile(r"\b(ray_cascade_[a-z_]+)(\{([^}]*)\})?")
+
+
+def in_cluster(expr: str) -> str:
+    """``expr`` with every raw cascade series filtered by the dashboard's ``$cluster`` variable."""
+
+    def add(match: re.Match[str]) -> str:
+        inner = match.group(3)
+        matchers = f'{inner}, {CLUSTER_LABEL}=~"$cluster"' if inner else f'{CLUSTER_LABEL}=~"$cluster"'
+        return f"{match.group(1)}{{{matchers}}}"
+
+    return _RAW_SERIES.sub(add, expr)
+
+
 def _grafana_panel(panel: Panel, panel_id: int) -> dict[str, Any]:
     width = 8 if panel.kind == "stat" else 12
     return {
@@ -350,7 +367,7 @@ def _grafana_panel(panel: Panel, panel_id: int) -> dict[str, Any]:
             {
                 "refId": chr(ord("A") + index),
                 "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                "expr": expr,
+                "expr": in_cluster(expr),
                 "legendFormat": legend,
                 **({"format": "heatmap"} if panel.kind == "heatmap" else {}),
                 **({"format": "table", "instant": True} if panel.kind == "table" else {}),
@@ -379,7 +396,19 @@ def dashboard(uid: str) -> dict[str, Any]:
                     "query": "prometheus",
                     "label": "Prometheus",
                     "current": {},
-                }
+                },
+                {
+                    "name": "cluster",
+                    "type": "query",
+                    "label": "Ray cluster",
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "query": {"query": f"label_values({P}{m.REQUESTS}, {CLUSTER_LABEL})", "refId": "cluster"},
+                    "includeAll": True,
+                    "multi": True,
+                    "allValue": ".*",
+                    "current": {"selected": True, "text": "All", "value": "$__all"},
+                    "refresh": 2,
+                },
             ]
         },
         "panels": [_grafana_panel(panel, i) for i, panel in enumerate(panels, start=1)],
@@ -387,9 +416,9 @@ def dashboard(uid: str) -> dict[str, Any]:
 
 
 def panel_queries() -> list[tuple[str, str, str]]:
-    """Every (dashboard uid, panel title, PromQL) the dashboards run."""
+    """Every (dashboard uid, panel title, PromQL) the dashboards run, ``$cluster`` filter included."""
     return [
-        (uid, panel.title, expr)
+        (uid, panel.title, in_cluster(expr))
         for uid, (_, panels) in DASHBOARDS.items()
         for panel in panels
         for expr, _ in panel.queries

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from serving.config import load_config, parse_config
 from serving.errors import ConfigError
+from tests.builders import TinyPair
 
 MINIMAL = {"student": {"model": "s"}, "teacher": {"model": "t"}}
 
@@ -50,7 +52,11 @@ def test_minimal_config_gets_batching_friendly_defaults() -> None:
                     "deployment": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}},
                 },
             },
-            ["teacher.deployment.autoscaling", "max_replicas (2) must be >= min_replicas (3)"],
+            ["teacher.deployment.autoscaling", "max_replicas (2) must be greater than or equal to min_replicas (3)"],
+        ),
+        (
+            {**MINIMAL, "student": {"model": "s", "deployment": {"autoscaling": {"upscale_delay": 5}}}},
+            ["student.deployment.autoscaling", "unknown autoscaling keys ['upscale_delay']", "upscale_delay_s"],
         ),
         ({"student": {"model": "s"}}, ["teacher", "Field required"]),
         (_with(cascade={"treshold": 0.5}), ["cascade.treshold", "Extra inputs are not permitted"]),
@@ -77,6 +83,32 @@ def test_deployment_options_for_ray() -> None:
     assert config.student.deployment.ray_options("student")["num_replicas"] == 1
 
 
+def test_autoscaling_takes_every_setting_ray_serve_takes() -> None:
+    """Not a copy of three fields: what Ray Serve 2.60's AutoscalingConfig accepts goes through to Ray."""
+    from ray.serve.config import AutoscalingConfig
+
+    everything = {
+        "min_replicas": 1,
+        "initial_replicas": 2,
+        "max_replicas": 8,
+        "target_ongoing_requests": 16,
+        "metrics_interval_s": 5.0,
+        "look_back_period_s": 15.0,
+        "upscale_smoothing_factor": 1.5,
+        "downscale_smoothing_factor": 0.5,
+        "upscale_delay_s": 10.0,
+        "downscale_delay_s": 300.0,
+        "downscale_to_zero_delay_s": 600.0,
+        "aggregation_function": "max",
+    }
+    config = parse_config({**MINIMAL, "student": {"model": "s", "deployment": {"autoscaling": everything}}})
+    options = config.student.deployment.ray_options("student")["autoscaling_config"]
+    assert options == everything
+    assert AutoscalingConfig.model_validate(options).upscale_delay_s == 10.0
+    default = parse_config({**MINIMAL, "student": {"model": "s", "deployment": {"autoscaling": {"max_replicas": 3}}}})
+    assert default.student.deployment.ray_options("s")["autoscaling_config"]["target_ongoing_requests"] == 32
+
+
 def test_load_config_resolves_relative_model_folders(tmp_path: Path) -> None:
     (tmp_path / "models" / "student").mkdir(parents=True)
     path = tmp_path / "gateway.yaml"
@@ -95,7 +127,37 @@ def test_load_config_reports_yaml_and_io_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("example", ["single-machine.yaml", "gpu-cluster.yaml"])
-def test_shipped_examples_are_valid(example: str) -> None:
-    config = load_config(Path(__file__).parent.parent / "deploy" / example)
-    assert config.student.model and config.teacher.model
+DEPLOY = Path(__file__).parent.parent / "deploy"
+PRODUCTION_MODELS = "/models"
+"""Where the manifests mount the models volume (``deploy/kubernetes``): registry at ``/models/registry``."""
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in DEPLOY.glob("*.yaml")), ids=str)
+def test_every_shipped_config_starts_against_models_laid_out_as_in_production(
+    example: str, tiny_pair: TinyPair, tmp_path: Path
+) -> None:
+    """Each config under deploy/ loads, and every model it names resolves: registry references against a
+    registry with both roles promoted (as ``cascade redistill`` leaves it), folders as the README lays them out."""
+    from serving.application import resolve_roles
+    from serving.registry import Registry
+
+    root = tmp_path / "models"
+    registry = Registry(root / "registry")
+    for folder in (tiny_pair.student, tiny_pair.teacher):
+        registry.add(folder)
+    registry.promote("student", "tiny-student", "1")
+    registry.promote("teacher", "tiny-teacher", "1")
+    for role, folder in (("student", tiny_pair.student), ("teacher", tiny_pair.teacher)):
+        shutil.copytree(folder, root / role)  # the single-machine layout: ../models/<role> beside deploy/
+    text = (DEPLOY / example).read_text(encoding="utf-8")
+    for before in (f"registry:{PRODUCTION_MODELS}/", f" {PRODUCTION_MODELS}/"):  # absolute paths only
+        text = text.replace(before, before.replace(f"{PRODUCTION_MODELS}/", f"{root}/"))
+    (tmp_path / "deploy").mkdir()
+    config = load_config(write_text(tmp_path / "deploy" / example, text))
+    refs = resolve_roles(config)
+    assert refs["student"].version == "tiny-student:1" and refs["teacher"].version == "tiny-teacher:1"
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -242,3 +243,40 @@ ray_cascade_escalations_total{reason="forced",WorkerId="a"} 1.0
     assert counters["escalated"] == 2
     assert counters["forced"] == 1
     assert counters["agree"] == 0
+
+
+def _grafana_expand(text: str, environment: dict[str, str]) -> str:
+    """Grafana's provisioning expansion: ``$VAR`` and ``${VAR}`` from its environment, nothing else."""
+    import re
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: environment.get(m.group(1) or m.group(2), ""), text)
+
+
+def test_our_datasource_sits_beside_rays_own_provisioning() -> None:
+    """Ray's provisioning (what `ray start` writes) and ours together: a URL, unique names, one default."""
+    import re
+
+    import yaml
+    from ray.dashboard.modules.metrics.templates import GRAFANA_DATASOURCE_TEMPLATE
+
+    ours_text = (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text(encoding="utf-8")
+    values = "\n".join(line for line in ours_text.splitlines() if not line.lstrip().startswith("#"))
+    assert not re.search(r"\$\{\w+:-", values), "Grafana has no ${VAR:-default}: the URL would come out empty"
+    ours = yaml.safe_load(_grafana_expand(ours_text, {"PROMETHEUS_URL": "http://prometheus:9090"}))["datasources"]
+    rays = yaml.safe_load(GRAFANA_DATASOURCE_TEMPLATE("Prometheus", "http://127.0.0.1:9090", {}, {}))["datasources"]
+    together = ours + rays
+    assert [d["url"] for d in ours] == ["http://prometheus:9090"]
+    assert len({d["name"] for d in together}) == len(together)
+    assert sum(bool(d.get("isDefault")) for d in together) == 1
+
+
+def test_dashboards_filter_every_series_by_ray_cluster() -> None:
+    import json
+
+    for path in (DEPLOY / "grafana" / "dashboards").glob("*.json"):
+        board = json.loads(path.read_text(encoding="utf-8"))
+        assert "cluster" in [v["name"] for v in board["templating"]["list"]]
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                for series in re.findall(r"ray_cascade_[a-z_]+(\{[^}]*\})?", target["expr"]):
+                    assert 'ray_io_cluster=~"$cluster"' in series, (path.name, target["expr"])

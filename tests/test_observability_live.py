@@ -253,7 +253,7 @@ def test_every_panel_and_recording_rule_returns_data_from_a_real_prometheus(obse
     assert observed.prometheus_url is not None
     _wait_for_counts(observed.metrics_url, observed.sent.texts)
     queries = [
-        (f"{uid}: {title}", expr.replace("$__rate_interval", "1m").replace("$__range", "5m"))
+        (f"{uid}: {title}", expr.replace("$__rate_interval", "1m").replace("$__range", "5m").replace("$cluster", ".*"))
         for uid, title, expr in panel_queries()
     ]
     queries += [(f"rule {rule['record']}", rule["record"]) for rule in recording_rules()["groups"][0]["rules"]]
