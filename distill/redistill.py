@@ -17,7 +17,8 @@ One run:
    and not more costly (within ``cost_tolerance``); otherwise keeps the current one and says why.
 
 Every run writes ``<state>/reports/redistill-<time>.json`` and ``<state>/redistill.prom`` (Prometheus
-text format, for node-exporter's textfile collector or a push). The candidate is built in a staged
+text format, for node-exporter's textfile collector), and pushes its metrics to a Pushgateway when
+one is named (``distill.redistill_metrics``). The candidate is built in a staged
 folder and promotion is the last step, so a run killed midway promotes nothing.
 """
 
@@ -39,6 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from distill.gate import StudentMeasurement, decide_promotion, triggers
+from distill.redistill_metrics import publish, run_metrics
 from serving.artifact import MiddleStage
 from serving.errors import ArtifactError, CascadeError
 from serving.registry import Registry
@@ -79,6 +81,8 @@ class RedistillSettings:
     """The gateway's ``shadow.rate``. With it, the candidate is calibrated on an unbiased sample of
     traffic: the held-back shadowed texts plus escalated ones kept at that rate (the log holds every
     escalated text but only that share of the others). Without it, on the whole held-back slice."""
+    pushgateway: str | None = None
+    """A Prometheus Pushgateway (``host:port`` or URL) to push the run's metrics to, beside the textfile."""
     reader: Literal["pyarrow", "ray"] = "pyarrow"
     """How the log is read: pyarrow in this process, or Ray Data across the cluster the job runs on."""
 
@@ -180,24 +184,21 @@ def _write_outputs(settings: RedistillSettings, report: RedistillReport) -> Redi
     path = reports / f"redistill-{stamp}-{os.getpid()}.json"
     report.report_path = str(path)
     path.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    lines = [
-        "# HELP cascade_redistill_last_run_timestamp_seconds When the last redistill run ended.",
-        "# TYPE cascade_redistill_last_run_timestamp_seconds gauge",
-        f"cascade_redistill_last_run_timestamp_seconds {report.ended or time.time():.0f}",
-        "# HELP cascade_redistill_last_outcome 1 for the outcome of the last run.",
-        "# TYPE cascade_redistill_last_outcome gauge",
-        *(f'cascade_redistill_last_outcome{{outcome="{o}"}} {int(report.outcome == o)}' for o in OUTCOMES),
-        "# HELP cascade_redistill_new_teacher_labels Teacher-labelled texts the last run read.",
-        "# TYPE cascade_redistill_new_teacher_labels gauge",
-        f"cascade_redistill_new_teacher_labels {report.new_teacher_labels}",
-    ]
+    agreement = {}
     if report.evaluation is not None:
-        for who, measured in (("current", report.evaluation.current), ("candidate", report.evaluation.candidate)):
-            lines.append(f'cascade_redistill_agreement{{model="{who}"}} {measured.agreement:.6f}')
-    prom = settings.state / "redistill.prom"
-    tmp = prom.with_suffix(".prom.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, prom)
+        agreement = {"current": report.evaluation.current.agreement, "candidate": report.evaluation.candidate.agreement}
+    metrics = run_metrics(
+        settings.state,
+        outcome=report.outcome,
+        outcomes=OUTCOMES,
+        ended=report.ended or time.time(),
+        new_teacher_labels=report.new_teacher_labels,
+        agreement=agreement,
+    )
+    try:
+        publish(metrics, settings.state, settings.pushgateway)
+    except OSError as error:  # a Pushgateway that is down must not fail the run: the textfile is written
+        print(f"redistill: could not push metrics to {settings.pushgateway}: {error}", flush=True)
     return report
 
 

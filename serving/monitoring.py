@@ -36,6 +36,8 @@ COST_PER_REQUEST = "cascade:cost_per_request:dollars_rate5m"
 SAVED_SHARE = "cascade:cost_saved:ratio_rate5m"
 AGREEMENT = {window: f"cascade:shadow_agreement:ratio_rate{window}" for window in ("5m", "1h")}
 ERROR_RATIO = "cascade:http_5xx:ratio_rate5m"
+LAST_REDISTILL = "cascade_redistill_last_success_timestamp_seconds"
+"""Pushed by the re-distillation job (or read from its textfile): no ``ray_`` prefix, it is not Ray's."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class AlertThresholds:
     """Alert when escalation exceeds the calibrated rate by this share (0.5: 1.5× the calibrated rate)."""
     cost_per_request_budget_dollars: float = 0.0001
     error_ratio: float = 0.01
+    redistill_max_age_s: float = 2 * 86_400
+    """Alert when no re-distillation run succeeded for this long (the example job runs every 6 hours)."""
 
 
 def _sum_rate(name: str, selector: str = "", window: str = "5m", by: str = "") -> str:
@@ -103,7 +107,17 @@ def alert_rules(thresholds: AlertThresholds = AlertThresholds()) -> dict[str, An
             "annotations": {"summary": summary, "description": description},
         }
 
+    stale = t.redistill_max_age_s
     rules = [
+        alert(
+            "CascadeRedistillStale",
+            f"time() - max({LAST_REDISTILL}) > {stale:g}",
+            "10m",
+            "warning",
+            "No re-distillation run succeeded recently",
+            f"The last successful `cascade redistill` ended {{{{ $value | humanizeDuration }}}} ago "
+            f"(limit {stale:g} s): the job stopped running or keeps failing; see the reports in its --state folder.",
+        ),
         alert(
             "CascadeConfidenceDrift",
             f"{psi} > {t.psi_warning}",
@@ -425,7 +439,7 @@ def panel_queries() -> list[tuple[str, str, str]]:
     ]
 
 
-_SERIES = re.compile(r"\b(ray_cascade_[a-z_]+|cascade:[a-z0-9_:]+)")
+_SERIES = re.compile(r"\b(ray_cascade_[a-z_]+|cascade_redistill_[a-z_]+|cascade:[a-z0-9_:]+)")
 
 
 def metrics_named(expr: str) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,18 @@ def test_replica_metrics_track_queue_depth_and_model_version() -> None:
     assert made[m.BATCH_SIZE].observations == [7]
 
 
+def _a_redistill_run(state: Path, outcome: str = "rejected", ended: float = 1_700_000_000.0) -> Any:
+    from distill.redistill import OUTCOMES
+    from distill.redistill_metrics import run_metrics
+
+    return run_metrics(
+        state, outcome=outcome, outcomes=OUTCOMES, ended=ended, new_teacher_labels=12, agreement={"current": 0.9}
+    )
+
+
 def test_every_series_a_rule_or_panel_reads_is_exported_or_recorded() -> None:
     exported = {name for spec in m.SPECS.values() for name in m.exported_name(spec.name, spec.kind)}
+    exported |= {metric.name for metric in _a_redistill_run(Path(tempfile.mkdtemp())).collect()}
     recorded = {rule["record"] for rule in recording_rules()["groups"][0]["rules"]}
     expressions = [expr for _, _, expr in panel_queries()]
     expressions += [
@@ -280,3 +291,39 @@ def test_dashboards_filter_every_series_by_ray_cluster() -> None:
             for target in panel["targets"]:
                 for series in re.findall(r"ray_cascade_[a-z_]+(\{[^}]*\})?", target["expr"]):
                     assert 'ray_io_cluster=~"$cluster"' in series, (path.name, target["expr"])
+
+
+def test_redistill_metrics_reach_a_pushgateway_and_keep_the_last_success(tmp_path: Path) -> None:
+    """The job's gauges go to the textfile and, pushed by prometheus_client, to a Pushgateway's HTTP API."""
+    import http.server
+    import threading
+
+    from distill.redistill_metrics import JOB, LAST_SUCCESS, publish
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            received.append(("PUT", self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        publish(_a_redistill_run(tmp_path), tmp_path, f"127.0.0.1:{server.server_port}")
+        failed = _a_redistill_run(tmp_path, outcome="failed", ended=1_700_009_999.0)
+        publish(failed, tmp_path, None)
+    finally:
+        server.shutdown()
+    ((method, path, body),) = received
+    assert (method, path) == ("PUT", f"/metrics/job/{JOB}")
+    assert f"{LAST_SUCCESS} 1.7e+09" in body.decode()
+    text = (tmp_path / "redistill.prom").read_text()
+    # A failed run updates the last run, not the last success.
+    assert "cascade_redistill_last_run_timestamp_seconds 1.700009999e+09" in text
+    assert f"{LAST_SUCCESS} 1.7e+09" in text
+    assert 'cascade_redistill_last_outcome{outcome="failed"} 1.0' in text

@@ -33,6 +33,7 @@ def _redistill(args: argparse.Namespace) -> int:
             shuffle_training_labels=args.shuffle_labels,
             reader=args.reader,
             shadow_rate=args.shadow_rate,
+            pushgateway=args.pushgateway,
         )
     )
     print(json.dumps(report.model_dump(include={"outcome", "why", "candidate", "report_path"}), indent=2))
@@ -137,6 +138,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     redistill.add_argument("--cost-tolerance", type=float, default=0.10, help="allowed CPU-time increase")
     redistill.add_argument("--threads", type=int)
     redistill.add_argument("--shuffle-labels", action="store_true", help="a deliberately worse candidate (gate check)")
+    redistill.add_argument(
+        "--pushgateway",
+        help="Prometheus Pushgateway (host:port or URL) to push the run's metrics to, beside the textfile",
+    )
     redistill.set_defaults(func=_redistill)
 
     defaults = AlertThresholds()
