@@ -189,7 +189,7 @@ def _write_outputs(settings: RedistillSettings, report: RedistillReport) -> Redi
         agreement = {"current": report.evaluation.current.agreement, "candidate": report.evaluation.candidate.agreement}
     metrics = run_metrics(
         settings.state,
-        outcome=report.outcome,
+        outcome=report.outcome or "failed",
         outcomes=OUTCOMES,
         ended=report.ended or time.time(),
         new_teacher_labels=report.new_teacher_labels,
