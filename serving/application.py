@@ -23,7 +23,8 @@ from typing import Any, cast
 from ray import serve
 from ray.serve import Deployment
 
-from serving.config import AuthSettings, GatewayConfig, ModelSettings
+from serving.config import AuthSettings, GatewayConfig, ModelSettings, load_config
+from serving.errors import ConfigError
 from serving.ingress import GatewayIngress
 from serving.model_ref import ModelRef, check_same_labels, resolve_model
 from serving.policy import middle_stage
@@ -137,6 +138,20 @@ def build_app(config: GatewayConfig) -> serve.Application:
     return gateway.bind(handles.get("student"), handles["teacher"], colocated_settings, handles.get("middle"))
 
 
+def app_builder(args: dict[str, str]) -> serve.Application:
+    """Ray Serve's application builder, for a RayService or ``serve run``: ``import_path:
+    serving.application:app_builder`` with ``args: {config: <the gateway's YAML>}``.
+
+    The config is read where Ray builds the application (the head), with that process's environment
+    for its ``${NAME}`` paths; the Ray settings ``cascade serve`` sets by environment come from the
+    image or the pod (``serving.constants.RAY_ENVIRONMENT_DEFAULTS``).
+    """
+    path = args.get("config")
+    if not path:
+        raise ConfigError("args.config: the path of the gateway's YAML config is required")
+    return build_app(load_config(path))
+
+
 def build_direct_student_app(config: GatewayConfig) -> serve.Application:
     """The student's deployment alone as an HTTP app (for measuring the router's overhead)."""
     replica = cast(Deployment, ModelReplica)
@@ -145,4 +160,4 @@ def build_direct_student_app(config: GatewayConfig) -> serve.Application:
     return replica.options(**options, user_config={"model": location}).bind("student", config.student.model_dump())
 
 
-__all__ = ["build_app", "build_direct_student_app", "gateway_user_config", "resolve_roles"]
+__all__ = ["app_builder", "build_app", "build_direct_student_app", "gateway_user_config", "resolve_roles"]

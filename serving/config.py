@@ -9,11 +9,16 @@ How each part reloads (``serve.run`` with a changed config):
   setting change the deployment's code or options, so Ray Serve rolls those replicas.
 - ``http`` and ``metrics`` need a restart of ``cascade serve``.
 
-Unknown keys are errors (a typo must not silently fall back to a default).
+Unknown keys are errors (a typo must not silently fall back to a default). A string may name an
+environment variable as ``${NAME}`` (an unset one is an error), so that paths are defined once, in the
+environment of every process that needs them.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -255,6 +260,9 @@ class DeploymentSettings(_Strict):
     """Anything Ray Serve's ``AutoscalingConfig`` accepts (replaces ``num_replicas``)."""
     num_cpus: NonNegativeFloat = 1.0
     num_gpus: NonNegativeFloat = 0.0
+    resources: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+    """Ray custom resources each replica needs: place a role on the nodes that declare them (e.g.
+    ``{cpu_node: 1}`` with CPU workers started with ``--resources '{"cpu_node": 1000}'``)."""
     max_ongoing_requests: PositiveInt = c.DEFAULT_MODEL_MAX_ONGOING_REQUESTS
     max_queued_requests: int = c.DEFAULT_MODEL_MAX_QUEUED_REQUESTS
     health_check_period_s: float = Field(c.DEFAULT_HEALTH_CHECK_PERIOD_S, gt=0)
@@ -277,7 +285,11 @@ class DeploymentSettings(_Strict):
         """The keyword arguments of ``Deployment.options`` that these settings stand for."""
         options: dict[str, Any] = {
             "name": name,
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "ray_actor_options": {
+                "num_cpus": self.num_cpus,
+                "num_gpus": self.num_gpus,
+                **({"resources": dict(self.resources)} if self.resources else {}),
+            },
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
             "health_check_period_s": self.health_check_period_s,
@@ -395,8 +407,34 @@ def parse_config(data: Any, source: str = "config") -> GatewayConfig:
         raise ConfigError(f"{source} is invalid:\n{_describe(error)}") from None
 
 
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_environment(data: Any, environment: Mapping[str, str], where: str = "") -> Any:
+    """Replace ``${NAME}`` in every string value with the environment's ``NAME`` (paths defined once, e.g.
+    by a Kubernetes ConfigMap). An unset variable is an error that names the field, never an empty path."""
+    if isinstance(data, dict):
+        return {
+            key: expand_environment(value, environment, f"{where}.{key}" if where else str(key))
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [expand_environment(value, environment, f"{where}[{i}]") for i, value in enumerate(data)]
+    if not isinstance(data, str):
+        return data
+
+    def value_of(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environment:
+            raise ConfigError(f"{where}: environment variable {name} is not set (the config says ${{{name}}})")
+        return environment[name]
+
+    return _VARIABLE.sub(value_of, data)
+
+
 def load_config(path: str | Path) -> GatewayConfig:
-    """Read and validate a YAML config file. Relative model paths resolve against the file's folder."""
+    """Read and validate a YAML config file. ``${NAME}`` takes the environment's value; relative model
+    paths resolve against the file's folder."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -404,6 +442,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    data = expand_environment(data, os.environ)
     if isinstance(data, dict):
         auth = data.get("auth")
         if isinstance(auth, dict) and isinstance(auth.get("keys_file"), str):

@@ -457,7 +457,30 @@ def generated_files(thresholds: AlertThresholds = AlertThresholds()) -> dict[str
     }
     for uid in DASHBOARDS:
         files[f"grafana/dashboards/{uid}.json"] = json.dumps(dashboard(uid), indent=2) + "\n"
+    files |= _kubernetes_files(header, thresholds)
     return files
+
+
+def _kubernetes_files(header: str, thresholds: AlertThresholds) -> dict[str, str]:
+    """The same rules and dashboards as Prometheus-operator and Grafana-sidecar resources."""
+    labels = {"app.kubernetes.io/name": "cascade-gateway"}
+    rules = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "cascade-gateway", "labels": labels},
+        "spec": {"groups": recording_rules()["groups"] + alert_rules(thresholds)["groups"]},
+    }
+    dashboards = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cascade-dashboards", "labels": {**labels, "grafana_dashboard": "1"}},
+        "data": {f"{uid}.json": json.dumps(dashboard(uid), indent=2) + "\n" for uid in DASHBOARDS},
+    }
+    note = '# grafana_dashboard: "1" is the label Grafana\'s dashboard sidecar (kube-prometheus-stack) looks for.\n'
+    return {
+        "kubernetes/prometheusrule.yaml": header + yaml.safe_dump(rules, sort_keys=False, width=200),
+        "kubernetes/grafana-dashboards.yaml": header + note + yaml.safe_dump(dashboards, sort_keys=False, width=200),
+    }
 
 
 def write_monitoring(out: Path, thresholds: AlertThresholds = AlertThresholds()) -> list[Path]:

@@ -78,6 +78,8 @@ def test_deployment_options_for_ray() -> None:
     )
     options = config.teacher.deployment.ray_options("teacher")
     assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
+    placed = parse_config({**MINIMAL, "student": {"model": "s", "deployment": {"resources": {"cpu_node": 1}}}})
+    assert placed.student.deployment.ray_options("student")["ray_actor_options"]["resources"] == {"cpu_node": 1.0}
     assert options["autoscaling_config"]["max_replicas"] == 4
     assert "num_replicas" not in options
     assert config.student.deployment.ray_options("student")["num_replicas"] == 1
@@ -161,3 +163,20 @@ def test_every_shipped_config_starts_against_models_laid_out_as_in_production(
 def write_text(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def test_paths_come_from_the_environment_and_an_unset_variable_names_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_text(
+        tmp_path / "gateway.yaml",
+        "student: {model: 'registry:${CASCADE_DATA}/registry/student'}\nteacher: {model: org/hub}\n"
+        "traffic_log: {path: '${CASCADE_DATA}/traffic'}\n",
+    )
+    monkeypatch.setenv("CASCADE_DATA", "/data")
+    config = load_config(path)
+    assert config.student.model == "registry:/data/registry/student"
+    assert config.traffic_log.path == "/data/traffic"
+    monkeypatch.delenv("CASCADE_DATA")
+    with pytest.raises(ConfigError, match=r"student\.model: environment variable CASCADE_DATA is not set"):
+        load_config(path)
