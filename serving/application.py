@@ -26,7 +26,7 @@ from ray.serve import Deployment
 from serving.config import AuthSettings, GatewayConfig, ModelSettings, load_config
 from serving.errors import ConfigError
 from serving.ingress import GatewayIngress
-from serving.model_ref import ModelRef, check_same_labels, resolve_model
+from serving.model_ref import ModelRef, check_same_labels, model_summary, resolve_model
 from serving.policy import middle_stage
 from serving.replica import ModelReplica
 from serving.vocabulary import Role
@@ -39,20 +39,9 @@ def backend_name(ref: ModelRef, settings: ModelSettings) -> str:
 
 def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
     """What ``/v1/models`` shows of a role, and what the ingress needs of it (labels, temperature, batch)."""
-    calibration = ref.manifest.calibration if ref.manifest is not None else None
     return {
-        "model": ref.location,
-        "version": ref.version,
-        "labels": list(ref.labels),
-        "temperature": ref.temperature,
-        "calibration": {
-            "signal": calibration.signal.value,
-            "threshold": calibration.threshold,
-            "target": calibration.target.model_dump(),
-            "expected_escalation_rate": calibration.expected_escalation_rate,
-        }
-        if calibration is not None
-        else None,
+        **model_summary(ref),
+        "reference": settings.model,
         "backend": backend_name(ref, settings),
         "device": settings.device,
         "max_batch_size": settings.batching.max_batch_size,
@@ -92,6 +81,7 @@ def gateway_user_config(config: GatewayConfig, refs: dict[Role, ModelRef] | None
         "shadow": config.shadow.model_dump(),
         "drift": config.drift.model_dump(),
         "traffic_log": config.traffic_log.model_dump(),
+        "reload": config.reload.model_dump(),
     }
 
 
@@ -128,8 +118,13 @@ def build_app(config: GatewayConfig) -> serve.Application:
         if role == "student" and colocated:
             continue
         settings = config.model_settings(role).model_dump()
+        user_config = {
+            "model": refs[role].location,
+            "reference": config.model_settings(role).model,
+            "poll_s": config.reload.poll_s,
+        }
         deployment = replica.options(
-            **config.model_settings(role).deployment.ray_options(role), user_config={"model": refs[role].location}
+            **config.model_settings(role).deployment.ray_options(role), user_config=user_config
         )
         handles[role] = _stable_version(deployment, role, settings).bind(role, settings)
     colocated_settings = config.student.model_dump() if colocated else None

@@ -68,6 +68,9 @@ class HttpSettings(_Strict):
     host: str = c.DEFAULT_HOST
     port: int = Field(c.DEFAULT_PORT, ge=1, le=65535)
     front_proxy: FrontProxySettings = FrontProxySettings()
+    proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
+    """Where Ray Serve runs its HTTP proxies on a cluster: every node (a load balancer spreads over
+    them), or the head only (one address; also when several Ray nodes share one machine)."""
 
 
 class LimitSettings(_Strict):
@@ -214,10 +217,11 @@ class TrafficLogSettings(_Strict):
 
 
 class ReloadSettings(_Strict):
-    """How often ``cascade serve`` looks for a promotion or rollback of a ``registry:`` model.
+    """How often the application looks for a promotion or rollback of a ``registry:`` model.
 
-    A change is applied in place (``reconfigure``): the new model loads beside the old one and is
-    swapped in with no restart and no failed request.
+    Each replica serving such a model, and the ingress, poll its pointer (``serving.swap``): the new
+    model loads beside the old one and is swapped in with no restart and no failed request, under
+    ``cascade serve``, ``serve run`` or a RayService alike. Applied live.
     """
 
     poll_s: float = Field(c.DEFAULT_REGISTRY_POLL_S, gt=0)

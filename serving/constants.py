@@ -52,6 +52,9 @@ KEEP_TEXT_FOR_REDISTILL: dict[Literal["escalation", "shadow", "forced", "sampled
 
 # Seconds between looks at the registry for a promoted (or rolled back) model.
 DEFAULT_REGISTRY_POLL_S = 5.0
+# How long the ingress waits for a role's replicas to serve a promoted model before it switches its own
+# view (calibration, versions) anyway: loading and warming a teacher can take this long on a busy node.
+SWAP_CATCH_UP_S = 120.0
 
 # Model replicas.
 DEFAULT_MAX_LENGTH_TOKENS = 128

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,13 @@ from serving.config import (
     ShadowSettings,
     TrafficLogSettings,
 )
-from serving.errors import ModelError, ModelTimeout, ModelUnavailable, Overloaded
+from serving.errors import ArtifactError, ModelError, ModelTimeout, ModelUnavailable, Overloaded
 from serving.metrics import GatewayMetrics, RequestUsage
+from serving.model_ref import model_summary, resolve_model
 from serving.policy import PolicyInForce, policy_in_force
 from serving.replica import ModelRunner, swap_runner
 from serving.schemas import check_body_size, parse_classify_request
+from serving.swap import RegistryWatcher, watch
 from serving.traffic_log import TrafficLogWriter, TrafficRecord
 from serving.vocabulary import ROLES, LogReason, Route, request_path, teacher_reason
 
@@ -103,11 +106,13 @@ class Gateway:
         self._resilience: ResilienceSettings | None = None
         self._breakers: dict[str, CircuitBreaker] = {}
         self._auth = Authenticator()
+        self._watchers: dict[str, RegistryWatcher] = {}
         # Ray Serve calls reconfigure(user_config) right after construction, before any request.
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply the live settings and the models in service (on start, a config change or a promotion)."""
         roles: dict[str, dict[str, Any]] = user_config["roles"]
+        self._user_config = user_config
         if self._colocated is not None:
             current = self._local.get("student")
             self._local["student"] = await swap_runner(current, "student", self._colocated, roles["student"]["model"])
@@ -132,6 +137,9 @@ class Gateway:
         self._policy = self._in_force.policy
         self._metrics.expect_escalation(self._in_force.expected_escalation_rate)
         reference = self._in_force.drift_reference
+        poll_s = float(user_config.get("reload", {}).get("poll_s", c.DEFAULT_REGISTRY_POLL_S))
+        for role, summary in roles.items():
+            watch(self._watchers, role, summary.get("reference"), summary["model"], poll_s, self._follower(role))
         self._metrics.configure(
             student_dollars_per_hour=cost.student_dollars_per_hour,
             middle_dollars_per_hour=cost.middle_dollars_per_hour,
@@ -140,6 +148,51 @@ class Gateway:
             window=drift.window,
             min_samples=drift.min_samples,
         )
+
+    def _follower(self, role: str) -> Callable[[str], Awaitable[None]]:
+        async def follow(location: str) -> None:
+            await self._follow(role, location)
+
+        return follow
+
+    async def _follow(self, role: str, location: str) -> None:
+        """A role's registry pointer moved: take the new model into this ingress's view of the roles.
+
+        Checked first (labels, checksums, and that the student's rule fits the roles: a chain's middle
+        model), then applied once the role's replicas answer with the new version, so that a request
+        is never judged by one model's calibration and answered by another's logits for long.
+        """
+        ref = await asyncio.to_thread(resolve_model, location)
+        if list(ref.labels) != list(self._labels):
+            raise ArtifactError(f"{ref.version} predicts other labels than the {role} in service")
+        roles = {**self._roles, role: {**self._roles[role], **model_summary(ref)}}
+        user_config = {**self._user_config, "roles": roles}
+        if role == "student":
+            calibration = ref.manifest.calibration if ref.manifest is not None else None
+            user_config["calibration"] = calibration.model_dump(mode="json") if calibration is not None else None
+        stored = user_config.get("calibration")
+        policy_in_force(
+            CascadeSettings.model_validate(user_config.get("cascade", {})),
+            Calibration.model_validate(stored) if stored else None,
+            roles["student"]["temperature"],
+            roles["middle"]["version"] if "middle" in roles else None,
+        )
+        if role not in self._local:
+            await self._wait_for_version(role, ref.version)
+        await self.reconfigure(user_config)
+
+    async def _wait_for_version(self, role: str, version: str) -> None:
+        """Until the role's replicas answer with ``version`` (they follow the same pointer), at most a while."""
+        deadline = time.monotonic() + c.SWAP_CATCH_UP_S
+        while time.monotonic() < deadline:
+            try:
+                info = await asyncio.wait_for(self._handles[role].info.remote(), c.READINESS_PROBE_TIMEOUT_S)
+                if info["version"] == version:
+                    return
+            except Exception:  # noqa: BLE001 - a replica busy loading answers later
+                pass
+            await asyncio.sleep(0.5)
+        logger.warning("%s replicas still not on %s after %g s: switching anyway", role, version, c.SWAP_CATCH_UP_S)
 
     def _configure_resilience(self, settings: ResilienceSettings) -> None:
         """Timeouts apply at once; the breakers start over (closed) only when their settings change."""
@@ -427,7 +480,11 @@ class Gateway:
         middle = self._in_force.middle
         return {
             "roles": {
-                role: {**summary, "model": _public_name(summary["model"])} for role, summary in self._roles.items()
+                role: {
+                    **{key: value for key, value in summary.items() if key != "reference"},  # a server path
+                    "model": _public_name(summary["model"]),
+                }
+                for role, summary in self._roles.items()
             },
             "cascade": {
                 "signal": self._policy.signal.value,

@@ -2,7 +2,8 @@
 
 ``serve_gateway`` is what ``cascade serve`` runs. Without a Ray address it starts a private local
 Ray and ends every process of it on the way out; with one it joins that cluster and deletes only its
-own applications when it stops. While it serves, ``serving.swap.follow_registry`` watches the registry.
+own applications when it stops. A promotion in the registry is followed by the application itself
+(``serving.swap``), so nothing here watches it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from serving.config import GatewayConfig
 from serving.errors import ConfigError
 from serving.front_proxy import HAProxy, free_local_port, wanted
 from serving.process import wait_until_ready
-from serving.swap import follow_registry
 
 _RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
 
@@ -86,18 +86,27 @@ def serve_gateway(
         # Serve's own start-up lines ("Connecting to existing Serve app … will not be applied" is
         # printed on every fresh start and is harmless); we print the one line that matters below.
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    own_ray_options = (
+        {
+            "include_dashboard": False,
+            "object_store_memory": c.LOCAL_RAY_OBJECT_STORE_BYTES,
+            **_local_metrics_options(config.metrics.port),
+        }
+        if own_ray
+        else {}  # a cluster's node settings are its own (`ray start`): Ray refuses them from a driver
+    )
     ray.init(
         address=ray_address or "local",
-        include_dashboard=False,
         logging_level=getattr(logging, log_level),
         log_to_driver=log_level in ("DEBUG", "INFO"),
-        object_store_memory=c.LOCAL_RAY_OBJECT_STORE_BYTES if own_ray else None,
-        **(_local_metrics_options(config.metrics.port) if own_ray else {}),
+        **own_ray_options,
     )
     logging_config = LoggingConfig(log_level=log_level, enable_access_log=False)
     proxy: HAProxy | None = None
     try:
-        serve.start(http_options=HTTPOptions(host=serve_host, port=serve_port))
+        serve.start(
+            http_options=HTTPOptions(host=serve_host, port=serve_port), proxy_location=config.http.proxy_location
+        )
         serve.run(application, name=c.SERVE_APP_NAME, route_prefix="/", blocking=False, logging_config=logging_config)
         if direct_student:
             serve.run(
@@ -126,7 +135,7 @@ def serve_gateway(
                 print(f"warning: {warning}", flush=True)
         if own_ray:
             print(f"metrics for Prometheus: http://127.0.0.1:{config.metrics.port}/metrics", flush=True)
-        follow_registry(config, stop, app_name=c.SERVE_APP_NAME)
+        stop.wait()  # the application follows the registry by itself (serving.swap)
     finally:
         print("cascade-gateway stopping…", flush=True)
         if proxy is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from serving.artifact import MANIFEST_NAME, ONNX_NAME, Manifest, read_manifest, verify_artifact
 from serving.errors import ArtifactError
@@ -74,6 +75,25 @@ def _resolve_hugging_face(reference: str, folder: Path) -> ModelRef:
         has_onnx = False
         location = reference
     return ModelRef(location=location, labels=labels, version=version, has_onnx=has_onnx)
+
+
+def model_summary(ref: ModelRef) -> dict[str, Any]:
+    """The fields of a role's summary (``/v1/models``, the ingress's view) that come from the model itself."""
+    calibration = ref.manifest.calibration if ref.manifest is not None else None
+    return {
+        "model": ref.location,
+        "version": ref.version,
+        "labels": list(ref.labels),
+        "temperature": ref.temperature,
+        "calibration": {
+            "signal": calibration.signal.value,
+            "threshold": calibration.threshold,
+            "target": calibration.target.model_dump(),
+            "expected_escalation_rate": calibration.expected_escalation_rate,
+        }
+        if calibration is not None
+        else None,
+    }
 
 
 def check_same_labels(student: ModelRef, teacher: ModelRef) -> None:

@@ -3,8 +3,8 @@
 ``ModelRunner`` is the model; ``ModelReplica`` is a role's own Ray Serve deployment around one
 (the default placement). A student with ``colocate: true`` runs a ``ModelRunner`` inside the ingress
 instead (``serving.gateway``). Which model folder a replica runs is its ``user_config``, so that a
-promotion reaches it through ``reconfigure`` with no restart: the swap's mechanism lives here, the
-watcher that triggers it in ``serving.swap``.
+promotion reaches it in place with no restart: the swap's mechanism lives here, the registry watcher
+that triggers it in ``serving.swap`` (each replica follows its own role's pointer).
 """
 
 # No ``from __future__ import annotations``: Ray Serve's HTTP path of ``ModelReplica.__call__``
@@ -26,7 +26,8 @@ from serving import constants as c
 from serving.backends import load_backend
 from serving.config import ModelSettings
 from serving.metrics import ReplicaMetrics
-from serving.model_ref import resolve_model
+from serving.model_ref import check_same_labels, resolve_model
+from serving.swap import RegistryWatcher, watch
 from serving.vocabulary import Role
 
 logger = logging.getLogger("cascade.replica")
@@ -171,19 +172,29 @@ async def swap_runner(
 class ModelReplica:
     """One role's model as its own deployment (the default placement of both roles).
 
-    Which model folder it runs is its ``user_config`` (``{"model": <resolved folder>}``), so that a
-    promotion or rollback reaches it through ``reconfigure``: the new model is loaded and warmed up
-    beside the old one, then swapped in; calls already in a batch finish on the old one. No replica
-    restarts and no request fails.
+    Which model folder it runs is its ``user_config`` (``{"model": <resolved folder>, "reference":
+    <registry:…>, "poll_s": …}``). A promotion or rollback reaches it by its own registry watcher (or
+    a new ``user_config``): the new model is loaded and warmed up beside the old one, then swapped in;
+    calls already in a batch finish on the old one. No replica restarts and no request fails.
     """
 
     def __init__(self, role: Role, settings: dict[str, Any]) -> None:
         self._role = role
         self._settings = ModelSettings.model_validate(settings)
         self._runner: ModelRunner | None = None
+        self._watchers: dict[str, RegistryWatcher] = {}
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The model in ``user_config``; with a ``registry:`` reference, this replica also follows its pointer."""
         self._runner = await swap_runner(self._runner, self._role, self._settings, user_config.get("model"))
+        poll_s = float(user_config.get("poll_s", c.DEFAULT_REGISTRY_POLL_S))
+        watch(self._watchers, self._role, user_config.get("reference"), self.runner.ref.location, poll_s, self._follow)
+
+    async def _follow(self, location: str) -> None:
+        """The pointer moved: load the new model beside the old one, then serve it (same labels only)."""
+        new = await asyncio.to_thread(resolve_model, location)
+        check_same_labels(self.runner.ref, new)
+        self._runner = await swap_runner(self._runner, self._role, self._settings, location)
 
     @property
     def runner(self) -> ModelRunner:

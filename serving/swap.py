@@ -1,20 +1,22 @@
-"""The swap: notice a promotion (or rollback) in the registry and put the new model in service in place.
+"""The swap: every process that serves a ``registry:`` model watches that role's pointer itself.
 
-``follow_registry`` polls the pointer of every role served as ``registry:<root>/<role>``; when one
-moves it re-applies the application with the same deployments and a new ``user_config``, so Ray
-Serve calls ``reconfigure`` on the running replicas (``serving.replica.swap_runner``): the new model
-loads and warms up beside the old one and takes over only when ready. No replica restarts and no
-request fails. A promoted model that cannot serve (other labels, a bad checksum) is refused and the
-old one keeps serving.
+A model replica swaps its model in place when the pointer moves (``serving.replica``); the ingress
+updates its view of the roles, versions, labels and the student's calibration (``serving.gateway``),
+after the role's replicas answer with the new version. Nothing outside the application has to notice a
+promotion, so it is served the same under ``cascade serve``, ``serve run`` and a KubeRay RayService.
+A replica that Ray restarts starts from the application's ``user_config`` (the model at deploy time)
+and catches up on its first look at the pointer. A promoted model that cannot serve (other labels,
+a bad checksum, a chain calibrated for another middle model) is refused, logged, and the old one
+keeps serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from serving.config import GatewayConfig
 from serving.errors import CascadeError
 from serving.registry import Registry
 from serving.vocabulary import REGISTRY_PREFIX
@@ -22,37 +24,84 @@ from serving.vocabulary import REGISTRY_PREFIX
 logger = logging.getLogger("cascade.swap")
 
 
-def registry_locations(config: GatewayConfig) -> dict[str, str]:
-    """The folder each ``registry:`` role points at now (cheap: reads the pointer, hashes nothing)."""
-    locations: dict[str, str] = {}
-    for role in config.roles:
-        model = config.model_settings(role).model
-        if model.startswith(REGISTRY_PREFIX):
-            location = Path(model.removeprefix(REGISTRY_PREFIX)).expanduser()
-            locations[role] = str(Registry(location.parent).current_path(location.name))
-    return locations
+def registry_location(reference: str) -> str | None:
+    """The folder a ``registry:<root>/<role>`` reference points at now (reads the pointer, hashes nothing)."""
+    location = Path(reference.removeprefix(REGISTRY_PREFIX)).expanduser()
+    current = Registry(location.parent).current_path(location.name)
+    return str(current) if current is not None else None
 
 
-def follow_registry(config: GatewayConfig, stop: threading.Event, *, app_name: str) -> None:
-    """Until ``stop``: poll the registry and redeploy ``app_name`` in place when a pointer moves.
+class RegistryWatcher:
+    """Polls one ``registry:`` reference; calls ``on_change(folder)`` when it points somewhere new.
 
-    Without ``registry:`` models it just waits for ``stop``.
+    ``seen`` is the folder in service. A change that ``on_change`` refuses (a ``CascadeError``) is
+    not retried until the pointer moves again: the log says why once, and the old model serves on.
     """
-    from ray import serve
 
-    from serving.application import build_app
+    def __init__(
+        self,
+        reference: str,
+        seen: str,
+        poll_s: float,
+        on_change: Callable[[str], Awaitable[None]],
+        name: str,
+    ) -> None:
+        self.reference, self.seen, self.poll_s = reference, seen, poll_s
+        self._on_change, self._name = on_change, name
+        self._task: asyncio.Task[None] | None = None
 
-    deployed = registry_locations(config)
-    while not stop.wait(config.reload.poll_s if deployed else None):
-        current = registry_locations(config)
-        if current != deployed:
-            print(f"registry change: {deployed} → {current}; swapping in place", flush=True)
-            try:
-                serve.run(build_app(config), name=app_name, route_prefix="/", blocking=False)
-                deployed = current
-            except CascadeError as error:  # e.g. a promoted student with other labels: keep serving
-                logger.error("not swapped: %s", error)
-                print(f"not swapped: {error}", flush=True)
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"registry-watch-{self._name}")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def check(self) -> bool:
+        """One look at the pointer; True when it moved and the change was taken."""
+        try:
+            location = await asyncio.to_thread(registry_location, self.reference)
+        except (OSError, CascadeError) as error:
+            logger.warning("%s: cannot read %s: %s", self._name, self.reference, error)
+            return False
+        if location is None or location == self.seen:
+            return False
+        previous, self.seen = self.seen, location  # refused or taken, this pointer is not tried again
+        try:
+            await self._on_change(location)
+        except CascadeError as error:
+            logger.error("%s: not swapped to %s (still serving %s): %s", self._name, location, previous, error)
+            return False
+        logger.warning("%s: now serving %s", self._name, location)
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await self.check()
+            await asyncio.sleep(self.poll_s)
 
 
-__all__ = ["follow_registry", "registry_locations"]
+def watch(
+    watchers: dict[str, RegistryWatcher],
+    key: str,
+    reference: str | None,
+    seen: str,
+    poll_s: float,
+    on_change: Callable[[str], Awaitable[None]],
+) -> None:
+    """Keep ``watchers[key]`` in line with a role's reference: start, restart on a new setting, or stop."""
+    current = watchers.get(key)
+    if current is not None and (current.reference, current.poll_s) == (reference, poll_s):
+        current.seen = seen
+        return
+    if current is not None:
+        current.stop()
+        del watchers[key]
+    if reference is not None and reference.startswith(REGISTRY_PREFIX):
+        watchers[key] = RegistryWatcher(reference, seen, poll_s, on_change, key)
+        watchers[key].start()
+
+
+__all__ = ["RegistryWatcher", "registry_location", "watch"]

@@ -11,7 +11,6 @@ shuffled teacher answers is rejected and never served.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ from serving.config import parse_config
 from serving.constants import KEEP_TEXT_FOR_REDISTILL as OPT_IN_TEXT
 from serving.model_ref import resolve_model
 from serving.registry import Registry
-from serving.swap import follow_registry
 from serving.traffic_log import read_traffic_log
 from tests.builders import KEYWORDS, ambiguous_texts, build_tiny_model, keyword_texts, write_rows
 
@@ -146,10 +144,7 @@ def loop(
         "teacher": role(f"registry:{registry.root}/teacher"),
     }
     parsed = parse_config(config)
-    serve.run(build_app(parsed), name=APP, route_prefix="/")
-    stop = threading.Event()
-    watcher = threading.Thread(target=follow_registry, args=(parsed, stop), kwargs={"app_name": APP}, daemon=True)
-    watcher.start()
+    serve.run(build_app(parsed), name=APP, route_prefix="/")  # it follows the registry by itself
     try:
         yield Loop(
             registry,
@@ -161,8 +156,6 @@ def loop(
             f"http://127.0.0.1:{ray_session}/metrics",
         )
     finally:
-        stop.set()
-        watcher.join(timeout=30)
         serve.delete(APP)
 
 

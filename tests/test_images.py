@@ -41,6 +41,16 @@ def test_dockerfiles_lint_clean_on_a_pinned_ray_image(dockerfile: Path) -> None:
 @pytest.mark.slow
 def test_the_install_script_installs_the_cpu_flavour_into_a_clean_virtual_environment(tmp_path: Path) -> None:
     """What Dockerfile.cpu runs, in a fresh venv: one ONNX Runtime, torch's CPU build, a working CLI."""
+    # Exactly what Dockerfile.cpu copies into the image, so a file the image lacks fails here too
+    # (and pip's in-tree build writes into the copy, not into the checkout).
+    source = tmp_path / "source"
+    for origin, destination in re.findall(
+        r"^COPY --chown=\S+ (.+) (\S+)$", (DOCKER / "Dockerfile.cpu").read_text(), re.M
+    ):
+        for item in origin.split():
+            target = source / (destination.rstrip("/") if destination != "./" else item)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, target)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     environment = {
@@ -51,7 +61,7 @@ def test_the_install_script_installs_the_cpu_flavour_into_a_clean_virtual_enviro
     }
     environment.pop("PYTHONPATH", None)
     result = subprocess.run(
-        ["bash", str(DOCKER / "install.sh"), "cpu", str(ROOT)],
+        ["bash", str(source / "deploy" / "docker" / "install.sh"), "cpu", str(source)],
         cwd=tmp_path,
         env=environment,
         capture_output=True,

@@ -92,3 +92,34 @@ def test_a_tampered_registry_entry_is_refused(registry: Registry) -> None:
         handle.write(" ")
     with pytest.raises(ArtifactError, match="checksum"):
         resolve_model(f"registry:{registry.root}/student")
+
+
+def test_the_watcher_follows_the_pointer_and_tries_a_refused_change_once(registry: Registry) -> None:
+    """What each replica and the ingress run (serving.swap): a moved pointer calls back once, a refusal sticks."""
+    import asyncio
+
+    from serving.errors import ArtifactError
+    from serving.swap import RegistryWatcher
+
+    registry.promote("student", "tiny-student", "1")
+    first, second = (str(registry.path_of("tiny-student", v)) for v in ("1", "2"))
+    calls: list[str] = []
+    refuse = {second}
+
+    async def on_change(location: str) -> None:
+        calls.append(location)
+        if location in refuse:
+            raise ArtifactError("other labels")
+
+    async def scenario() -> list[bool]:
+        watcher = RegistryWatcher(f"registry:{registry.root}/student", first, 0.01, on_change, "student")
+        taken = [await watcher.check()]  # nothing moved
+        registry.promote("student", "tiny-student", "2")
+        taken += [await watcher.check(), await watcher.check()]  # refused once, then not tried again
+        refuse.clear()
+        registry.rollback("student")
+        taken.append(await watcher.check())  # back to 1: taken
+        return taken
+
+    assert asyncio.run(scenario()) == [False, False, False, True]
+    assert calls == [second, first]

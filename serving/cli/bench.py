@@ -80,6 +80,33 @@ def _chaos(args: argparse.Namespace) -> int:
     return 0 if all(v["met"] for v in result["verdicts"].values()) else 1
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    from benchmarks.cluster import ClusterSettings, run_cluster, write_cluster_report
+    from serving.cli.serve import demo_config
+
+    student, teacher = args.student, args.teacher
+    if student is None or teacher is None:
+        demo = demo_config()  # the embedded demo pair (built and cached on first use)
+        student, teacher = Path(demo.student.model), Path(demo.teacher.model)
+    settings = ClusterSettings(
+        student=student,
+        teacher=teacher,
+        work=args.work,
+        counted_requests=args.requests,
+        load_seconds=args.load_s,
+        kill_after_s=args.kill_after_s,
+        users=args.users,
+    )
+    result = run_cluster(settings)
+    _, md = write_cluster_report(result, args.output, invocation())
+    print(md.read_text(encoding="utf-8"))
+    return (
+        0
+        if result["placement_ok"] and result["metrics"]["exact"] and result["node_kill"]["succeeded_share"] >= 0.99
+        else 1
+    )
+
+
 def _loadtest(args: argparse.Namespace) -> int:
     from benchmarks.loadtest import LoadTestSettings, run_loadtest
 
@@ -159,6 +186,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     chaos.add_argument("--replicas", type=int, default=1, help="replicas per role for the demo pair (default 1)")
     chaos.set_defaults(func=_chaos)
+
+    cluster = commands.add_parser(
+        "benchmark-cluster",
+        help="a multi-node Ray cluster on this machine: placement, every node's metrics, a CPU node killed under load",
+    )
+    cluster.add_argument("--student", type=Path, help="student model folder (default: the embedded demo pair)")
+    cluster.add_argument("--teacher", type=Path, help="teacher model folder (default: the embedded demo pair)")
+    cluster.add_argument("--output", type=Path, default=Path("docs/benchmarks"))
+    cluster.add_argument("--work", type=Path, default=Path("runs/cluster"))
+    cluster.add_argument("--requests", type=int, default=300, help="requests counted against Prometheus")
+    cluster.add_argument("--load-s", type=float, default=60.0, help="seconds of load around the node kill")
+    cluster.add_argument("--kill-after-s", type=float, default=15.0, help="seconds into the load the node dies")
+    cluster.add_argument("--users", type=int, default=4, help="closed-loop users during the kill")
+    cluster.set_defaults(func=_cluster)
 
     load = commands.add_parser(
         "loadtest", help="teacher only, student only and the cascade under the same load, side by side"
