@@ -13,7 +13,6 @@ time until Ray Serve has every student replica running again. Results: ``docs/be
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import subprocess
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 import httpx
 import yaml
 
+from benchmarks.prometheus_server import start_prometheus
 from benchmarks.ray_cluster import LocalCluster, Node
 from serving import constants as c
 from serving.front_proxy import free_local_port
@@ -90,40 +90,13 @@ def start_cluster(work: Path) -> LocalCluster:
     return cluster
 
 
-def start_prometheus(cluster: LocalCluster, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+def cluster_prometheus(cluster: LocalCluster, work: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Prometheus with the shipped cluster config, its file_sd pointed at this cluster's discovery file."""
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-ray-cluster.yml").read_text(encoding="utf-8"))
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(DEPLOY / "prometheus" / "rules" / Path(rule).name) for rule in config["rule_files"]]
     config["scrape_configs"][0]["file_sd_configs"][0]["files"] = [str(cluster.service_discovery_file)]
-    folder = work / "prometheus"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = free_local_port()
-    binary = shutil.which("prometheus")
-    if binary is None:
-        raise RuntimeError("prometheus not found: install Debian's `prometheus` package")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={folder / 'prometheus.yml'}",
-            f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(folder / "prometheus.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("Prometheus did not become ready")
+    return start_prometheus(config, work / "prometheus")
 
 
 def _query(url: str, promql: str) -> list[dict[str, Any]]:
@@ -218,7 +191,7 @@ def run_cluster(settings: ClusterSettings, log: Any = print) -> dict[str, Any]:
         wait_until_ready(url, settings.startup_timeout_s, alive=gateway.process, log=gateway.log)
         placement = cluster.replicas(APP)
         log(f"placement: {placement}")
-        prometheus, prometheus_url = start_prometheus(cluster, settings.work)
+        prometheus, prometheus_url = cluster_prometheus(cluster, settings.work)
         send(url, settings.counted_requests)
         metrics = counted(prometheus_url, settings.counted_requests)
         log(f"metrics: {metrics}")

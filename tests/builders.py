@@ -17,6 +17,7 @@ from serving.vocabulary import Role
 
 if TYPE_CHECKING:
     from distill.predictions import Predictions
+    from serving.registry import Registry
 
 LABELS = ["balance", "card", "greeting"]
 TEXTS = [
@@ -142,3 +143,15 @@ def synthetic_predictions(n: int, seed: int, *, length_matters: bool) -> Predict
     from distill.predictions import Predictions
 
     return Predictions(texts, gold, teacher_logits, student_logits, teacher_seconds=0.01, student_seconds=0.001)
+
+
+def promoted_registry(root: Path, pair: TinyPair) -> Registry:
+    """A registry at ``root`` holding the pair, both promoted: as ``cascade redistill`` leaves it in production."""
+    from serving.registry import Registry
+
+    registry = Registry(root)
+    for folder in (pair.student, pair.teacher):
+        registry.add(folder)
+    registry.promote("student", "tiny-student", "1")
+    registry.promote("teacher", "tiny-teacher", "1")
+    return registry

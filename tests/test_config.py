@@ -9,7 +9,7 @@ import pytest
 
 from serving.config import load_config, parse_config
 from serving.errors import ConfigError
-from tests.builders import TinyPair
+from tests.builders import TinyPair, promoted_registry
 
 MINIMAL = {"student": {"model": "s"}, "teacher": {"model": "t"}}
 
@@ -141,14 +141,9 @@ def test_every_shipped_config_starts_against_models_laid_out_as_in_production(
     """Each config under deploy/ loads, and every model it names resolves: registry references against a
     registry with both roles promoted (as ``cascade redistill`` leaves it), folders as the README lays them out."""
     from serving.application import resolve_roles
-    from serving.registry import Registry
 
     root = tmp_path / "models"
-    registry = Registry(root / "registry")
-    for folder in (tiny_pair.student, tiny_pair.teacher):
-        registry.add(folder)
-    registry.promote("student", "tiny-student", "1")
-    registry.promote("teacher", "tiny-teacher", "1")
+    promoted_registry(root / "registry", tiny_pair)
     for role, folder in (("student", tiny_pair.student), ("teacher", tiny_pair.teacher)):
         shutil.copytree(folder, root / role)  # the single-machine layout: ../models/<role> beside deploy/
     text = (DEPLOY / example).read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from serving.constants import RAY_ENVIRONMENT_DEFAULTS
-from tests.builders import TinyPair
+from tests.builders import TinyPair, promoted_registry
 from tests.kubernetes_schemas import CRDS, errors
 
 KUBERNETES = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
@@ -142,18 +142,12 @@ def test_the_serve_config_parses_and_builds_the_application_from_its_import_path
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.schema import ServeDeploySchema
 
-    from serving.registry import Registry
-
     schema = ServeDeploySchema.model_validate(yaml.safe_load(_one("RayService")["spec"]["serveConfigV2"]))
     (application,) = schema.applications
     # The paths as the pods see them (cascade-paths), on a registry laid out by `cascade redistill`.
     paths = _config_map("cascade-paths")
     data = tmp_path / "data"
-    registry = Registry(data / "registry")
-    for folder in (tiny_pair.student, tiny_pair.teacher):
-        registry.add(folder)
-    registry.promote("student", "tiny-student", "1")
-    registry.promote("teacher", "tiny-teacher", "1")
+    promoted_registry(data / "registry", tiny_pair)
     for name, value in paths.items():
         monkeypatch.setenv(name, value.replace(paths["CASCADE_DATA"], str(data)))
     config = tmp_path / "gateway.yaml"

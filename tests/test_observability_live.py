@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
+from benchmarks.prometheus_server import start_prometheus
 from loadtests import wait_until_settled
 from serving import metrics as m
 from serving.config import parse_config
@@ -29,7 +29,6 @@ from serving.constants import KEEP_TEXT_FOR_REDISTILL
 from serving.monitoring import panel_queries, recording_rules
 from serving.report import from_metrics_endpoint, from_prometheus, parse_counters, summarise, write_report
 from tests.builders import TEXTS, TinyPair
-from tests.conftest import free_port
 from tests.gateway_helpers import BAD_REQUESTS, gateway_config
 
 pytestmark = pytest.mark.slow  # Ray Serve and a real Prometheus
@@ -126,34 +125,12 @@ def _series(metrics_url: str) -> set[str]:
 
 
 def _start_prometheus(workdir: Path, metrics_port: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(DEPLOY / "prometheus" / "rules" / "cascade.rules.yml")],
         "scrape_configs": [{"job_name": "cascade", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}],
     }
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    process = subprocess.Popen(
-        [
-            str(PROMETHEUS),
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "prometheus.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    end = time.time() + 30
-    while time.time() < end:
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise AssertionError(f"Prometheus did not become ready: {(workdir / 'prometheus.log').read_text()[-2000:]}")
+    return start_prometheus(config, workdir)
 
 
 @pytest.fixture(scope="module")
