@@ -15,9 +15,11 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +49,9 @@ class LocalCluster:
     """Start with ``start_head``, then ``add``; ``stop`` ends every process of this cluster."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root.resolve()  # Ray wants an absolute temp folder
-        self.temp_dir = self.root / "ray"
+        self.root = root.resolve()
+        # Ray's own folder: short, as its sockets' paths must fit in 107 bytes (a test's tmp path does not).
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="cascade-ray-", dir="/tmp"))
         self.port = free_local_port()
         self.dashboard_port = free_local_port()
         self.nodes: dict[str, Node] = {}
@@ -159,16 +162,17 @@ class LocalCluster:
         return pid
 
     def stop(self) -> None:
-        """End every process of this cluster (its temp folder is in each one's command line)."""
+        """End every process of this cluster (its temp folder is in each one's command line), then the folder."""
         marker = str(self.temp_dir)
-        for _ in range(3):
+        for _ in range(5):
             mine = [pid for pid, command in _processes() if marker in command and pid != os.getpid()]
             if not mine:
-                return
+                break
             for pid in mine:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(1)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def _marker(name: str) -> str:

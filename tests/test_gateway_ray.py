@@ -70,6 +70,8 @@ def test_threshold_change_applies_live(gateway: tuple[str, dict[str, Any]]) -> N
         "learned_rule": None,
         "source": "config",  # the tiny student is uncalibrated: nothing to expect, the config decides
         "expected_escalation_rate": None,
+        "stages": ["student", "teacher"],
+        "middle": None,
     }
     assert models["roles"] == replicas_before
     results = _classify(url, {"inputs": TEXTS})["results"]
@@ -102,6 +104,8 @@ def test_gateway_serves_with_the_students_calibration(
         "learned_rule": None,
         "source": "calibration",
         "expected_escalation_rate": manifest.calibration.expected_escalation_rate,
+        "stages": ["student", "teacher"],
+        "middle": None,
     }
     assert manifest.temperature != 1.0
 

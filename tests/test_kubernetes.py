@@ -160,3 +160,19 @@ def test_the_serve_config_parses_and_builds_the_application_from_its_import_path
     assert isinstance(built, Application)
     assert application.import_path == "serving.application:app_builder"
     assert application.args["config"] == paths["CASCADE_CONFIG"]
+
+
+SHARED_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas"
+
+
+@pytest.mark.skipif(not SHARED_SCHEMAS.exists(), reason="the workplace's shared/schemas is not beside this checkout")
+def test_the_vendored_schemas_are_the_operators_crds_unchanged() -> None:
+    """tests/crd_schemas holds what the CRDs in shared/schemas say, extracted, not edited."""
+    import gzip
+    import json
+
+    from tests.kubernetes_schemas import SCHEMAS, extract
+
+    for (_, kind), relative in CRDS.items():
+        vendored = json.loads(gzip.decompress((SCHEMAS / f"{kind.lower()}.schema.json.gz").read_bytes()))
+        assert vendored == extract(SHARED_SCHEMAS / relative), kind
