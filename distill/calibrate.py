@@ -292,6 +292,14 @@ def seen_in_training(data_path: str | Path, *models: ModelRef) -> list[str]:
     return warnings
 
 
+def warn_if_seen_in_training(data_path: str | Path, *models: ModelRef) -> list[str]:
+    """``seen_in_training``'s warnings, printed on stderr as well (what the calibrate commands do)."""
+    warnings = seen_in_training(data_path, *models)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return warnings
+
+
 def calibrate_artifacts(
     teacher: str,
     student: str,
@@ -307,9 +315,7 @@ def calibrate_artifacts(
     confidence_level: float | None = DEFAULT_CALIBRATION_CONFIDENCE,
 ) -> CalibrationReport:
     teacher_ref, student_ref = resolve_model(teacher), resolve_model(student)
-    warnings = seen_in_training(dev_path, teacher_ref, student_ref)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    warnings = warn_if_seen_in_training(dev_path, teacher_ref, student_ref)
     predictions = predict(teacher_ref, student_ref, dev_path, threads=threads)
     report = calibrate(
         predictions,

@@ -18,7 +18,6 @@ is judged on every calibration text.
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from distill.calibrate import (
     CalibrationReport,
     calibrate,
     reference_histogram,
-    seen_in_training,
+    warn_if_seen_in_training,
     write_calibration,
 )
 from distill.predictions import Predictions, cost_model, model_outputs, predict
@@ -375,9 +374,7 @@ def calibrate_chain_artifacts(
     """``cascade calibrate --middle``: calibrate ``student → middle → teacher`` and store it in the student."""
     teacher_ref, student_ref, middle_ref = resolve_model(teacher), resolve_model(student), resolve_model(middle)
     check_same_labels(student_ref, middle_ref)
-    warnings = seen_in_training(data_path, teacher_ref, student_ref, middle_ref)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    warnings = warn_if_seen_in_training(data_path, teacher_ref, student_ref, middle_ref)
     predictions = predict(teacher_ref, student_ref, data_path, threads=threads)
     logits, seconds = model_outputs(middle_ref, predictions.texts, threads=threads)
     report = chain_report(

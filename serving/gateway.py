@@ -1,14 +1,12 @@
 """The router's work, free of HTTP: validate, run the cascade, account for it, log it, shadow it.
 
-``Gateway`` is what each ingress replica runs. ``serving.http`` puts it behind FastAPI routes and
+``Gateway`` is what each ingress replica runs. ``serving.ingress`` puts it behind FastAPI routes and
 Ray Serve's ingress; nothing here knows about either, beyond the model handles it is given.
 ``reconfigure`` applies the live settings (``cascade``, ``limits``, ``resilience``, ``auth``, ``cost``,
 ``shadow``, ``drift``, ``traffic_log``) and the models in service, as Ray Serve's ``user_config``.
 
-Every call to a model goes through ``_call``: a circuit breaker per role (``router.breaker``) refuses
-at once while the role is failing, a timeout cuts a call that waits too long, a replica that died is
-retried once, and each failure becomes one of ``serving.errors``' service errors, which the cascade
-turns into a degraded answer or the ingress into a 503/504 with ``Retry-After``.
+Every call to a model goes through ``serving.role_calls`` (breaker, timeout, one retry, service
+errors). A role served from the registry is followed here too (``_follow``, ``serving.swap``).
 """
 
 from __future__ import annotations
@@ -23,10 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray.exceptions import ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from router.breaker import CircuitBreaker
 from router.stages import StagePolicy
 from serving import constants as c
 from serving.artifact import Calibration
@@ -43,21 +38,18 @@ from serving.config import (
     ShadowSettings,
     TrafficLogSettings,
 )
-from serving.errors import ArtifactError, ModelError, ModelTimeout, ModelUnavailable, Overloaded
+from serving.errors import ArtifactError, ModelTimeout, Overloaded
 from serving.metrics import GatewayMetrics, RequestUsage
 from serving.model_ref import model_summary, resolve_model
 from serving.policy import PolicyInForce, policy_in_force
 from serving.replica import ModelRunner, swap_runner
+from serving.role_calls import RoleCalls
 from serving.schemas import check_body_size, parse_classify_request
 from serving.swap import RegistryWatcher, watch
 from serving.traffic_log import TrafficLogWriter, TrafficRecord
 from serving.vocabulary import ROLES, LogReason, Route, request_path, teacher_reason
 
 logger = logging.getLogger("cascade.gateway")
-
-_REPLICA_GONE = (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)
-"""A replica died or cannot be reached: worth one retry (Ray routes it to another, or a new, replica)."""
-_ATTEMPTS_WHEN_GONE = 2
 
 
 def _public_name(location: str) -> str:
@@ -75,6 +67,18 @@ def _describe_stage(stage: StagePolicy) -> dict[str, Any]:
         if stage.rule is None
         else {"target": stage.rule.target.value, "features": list(stage.rule.feature_names)},
     }
+
+
+def _rule_in_force(user_config: dict[str, Any]) -> PolicyInForce:
+    """The cascade rule that ``user_config`` describes (its ``cascade`` settings, the student's calibration)."""
+    roles = user_config["roles"]
+    stored = user_config.get("calibration")
+    return policy_in_force(
+        CascadeSettings.model_validate(user_config.get("cascade", {})),
+        Calibration.model_validate(stored) if stored else None,
+        roles["student"]["temperature"],
+        roles["middle"]["version"] if "middle" in roles else None,
+    )
 
 
 class Gateway:
@@ -104,7 +108,7 @@ class Gateway:
         self._traffic_log: TrafficLogWriter | None = None
         self._traffic_log_settings: TrafficLogSettings | None = None
         self._resilience: ResilienceSettings | None = None
-        self._breakers: dict[str, CircuitBreaker] = {}
+        self._calls = RoleCalls(self._handles, self._local, self._metrics)
         self._auth = Authenticator()
         self._watchers: dict[str, RegistryWatcher] = {}
         # Ray Serve calls reconfigure(user_config) right after construction, before any request.
@@ -120,20 +124,15 @@ class Gateway:
         self._labels: list[str] = roles["student"]["labels"]
         self._versions = {role: roles[role]["version"] for role in ROLES if role in roles}
         self._limits = LimitSettings.model_validate(user_config.get("limits", {}))
-        self._configure_resilience(ResilienceSettings.model_validate(user_config.get("resilience", {})))
+        self._resilience = ResilienceSettings.model_validate(user_config.get("resilience", {}))
+        self._calls.configure(self._resilience, {role: summary["max_batch_size"] for role, summary in roles.items()})
         auth = user_config.get("auth")
         self._auth.configure(AuthSettings.model_validate(auth) if isinstance(auth, dict) else None)
         self._shadow = ShadowSettings.model_validate(user_config.get("shadow", {}))
         cost = CostSettings.model_validate(user_config.get("cost", {}))
         drift = DriftSettings.model_validate(user_config.get("drift", {}))
         self._configure_traffic_log(TrafficLogSettings.model_validate(user_config.get("traffic_log", {})))
-        stored = user_config.get("calibration")
-        self._in_force: PolicyInForce = policy_in_force(
-            CascadeSettings.model_validate(user_config.get("cascade", {})),
-            Calibration.model_validate(stored) if stored else None,
-            roles["student"]["temperature"],
-            roles["middle"]["version"] if "middle" in roles else None,
-        )
+        self._in_force: PolicyInForce = _rule_in_force(user_config)
         self._policy = self._in_force.policy
         self._metrics.expect_escalation(self._in_force.expected_escalation_rate)
         reference = self._in_force.drift_reference
@@ -170,13 +169,7 @@ class Gateway:
         if role == "student":
             calibration = ref.manifest.calibration if ref.manifest is not None else None
             user_config["calibration"] = calibration.model_dump(mode="json") if calibration is not None else None
-        stored = user_config.get("calibration")
-        policy_in_force(
-            CascadeSettings.model_validate(user_config.get("cascade", {})),
-            Calibration.model_validate(stored) if stored else None,
-            roles["student"]["temperature"],
-            roles["middle"]["version"] if "middle" in roles else None,
-        )
+        _rule_in_force(user_config)  # raises before anything changes if the rule does not fit the roles
         if role not in self._local:
             await self._wait_for_version(role, ref.version)
         await self.reconfigure(user_config)
@@ -193,14 +186,6 @@ class Gateway:
                 pass
             await asyncio.sleep(0.5)
         logger.warning("%s replicas still not on %s after %g s: switching anyway", role, version, c.SWAP_CATCH_UP_S)
-
-    def _configure_resilience(self, settings: ResilienceSettings) -> None:
-        """Timeouts apply at once; the breakers start over (closed) only when their settings change."""
-        if self._resilience is None or settings.breaker != self._resilience.breaker:
-            self._breakers = {
-                role: CircuitBreaker(settings.breaker.failures, settings.breaker.open_s) for role in ROLES
-            }
-        self._resilience = settings
 
     def _configure_traffic_log(self, settings: TrafficLogSettings) -> None:
         """(Re)open the traffic-log writer when its settings change; the old one flushes and closes."""
@@ -261,78 +246,9 @@ class Gateway:
         if getattr(self, "_traffic_log", None) is not None:
             self._traffic_log.close()  # type: ignore[union-attr]
 
-    async def _call(self, role: str, texts: list[str], deadline: float | None = None) -> tuple[np.ndarray, float]:
-        """Send ``texts`` to a role, guarded: breaker, timeout (the role's, or less if ``deadline`` is nearer),
-        one retry when the replica died. Returns the logits and the compute seconds they used.
-        """
-        assert self._resilience is not None
-        breaker = self._breakers[role]
-        if not breaker.allow():
-            self._metrics.record_model_failure(role, "breaker_open")
-            raise ModelUnavailable(
-                f"the {role} is failing; its circuit breaker is open", retry_after_s=breaker.retry_after_s
-            )
-        role_timeout = getattr(self._resilience, f"{role}_timeout_s")
-        budget = role_timeout if deadline is None else min(role_timeout, deadline - time.monotonic())
-        try:
-            result = await asyncio.wait_for(
-                self._call_with_retry(role, texts, time.time() + budget), timeout=max(budget, 0.0)
-            )
-        except TimeoutError:
-            self._failed(role, "timeout")
-            raise ModelTimeout(f"the {role} did not answer within {budget:.2f} s") from None
-        except Overloaded:
-            breaker.release_probe()  # a full queue says nothing about whether the model works
-            self._metrics.record_model_failure(role, "overloaded")
-            raise
-        except _REPLICA_GONE:
-            self._failed(role, "unavailable")
-            logger.warning("the %s replica is gone", role, exc_info=True)
-            raise ModelUnavailable(f"the {role} is not available; retry shortly") from None
-        except asyncio.CancelledError:
-            breaker.release_probe()
-            raise
-        except Exception:  # the model's code raised: logged here, the client gets no internals
-            self._failed(role, "error")
-            logger.error("the %s failed on a call", role, exc_info=True)
-            raise ModelError(f"the {role} failed on this request") from None
-        breaker.record_success()
-        self._metrics.record_circuit(role, False)
-        return result
-
-    def _failed(self, role: str, failure: str) -> None:
-        breaker = self._breakers[role]
-        breaker.record_failure()
-        self._metrics.record_model_failure(role, failure)
-        self._metrics.record_circuit(role, breaker.state != "closed")
-
-    async def _call_with_retry(self, role: str, texts: list[str], deadline: float) -> tuple[np.ndarray, float]:
-        for attempt in range(1, _ATTEMPTS_WHEN_GONE + 1):
-            try:
-                return await self._call_once(role, texts, deadline)
-            except _REPLICA_GONE:
-                if attempt == _ATTEMPTS_WHEN_GONE:
-                    raise
-                logger.warning("a %s replica went away mid-call; retrying once", role)
-        raise AssertionError("unreachable")
-
-    async def _call_once(self, role: str, texts: list[str], deadline: float) -> tuple[np.ndarray, float]:
-        """Send ``texts`` in chunks that fit the role's batch, concurrently; map back-pressure.
-
-        ``deadline`` (``time.time()``) travels with each chunk: the replica drops it unrun if still queued then.
-        """
-        size = self._roles[role]["max_batch_size"]
-        local = self._local.get(role)
-        call = local.logits if local is not None else self._handles[role].logits.remote
-        try:
-            parts = await asyncio.gather(*(call(texts[i : i + size], deadline) for i in range(0, len(texts), size)))
-        except BackPressureError as error:
-            raise Overloaded(f"the {role} is at its queue limit; retry shortly") from error
-        return np.concatenate([logits for logits, _ in parts], axis=0), sum(seconds for _, seconds in parts)
-
     async def _seed_teacher_speed(self) -> None:
         """Before the teacher has run, price its texts by what its warm-up measured (skipped while it fails)."""
-        if self._metrics.teacher_seconds_per_text is not None or self._breakers["teacher"].state != "closed":
+        if self._metrics.teacher_seconds_per_text is not None or self._calls.breakers["teacher"].state != "closed":
             return
         try:
             info = await asyncio.wait_for(self._handles["teacher"].info.remote(), c.READINESS_PROBE_TIMEOUT_S)
@@ -363,11 +279,11 @@ class Gateway:
     async def _shadow_call(
         self, request_id: str, texts: list[str], student_labels: list[str], student_probs: list[Any]
     ) -> None:
-        if self._breakers["teacher"].state != "closed":
+        if self._calls.breakers["teacher"].state != "closed":
             self._metrics.record_shadow("dropped", texts=len(texts))
             return
         try:
-            logits, seconds = await self._call("teacher", texts)
+            logits, seconds = await self._calls.call("teacher", texts)
         except Overloaded:
             self._metrics.record_shadow("dropped", texts=len(texts))
             return
@@ -424,16 +340,16 @@ class Gateway:
         await self._seed_teacher_speed()
 
         async def student(batch: list[str]) -> np.ndarray:
-            logits, usage.student_seconds = await self._call("student", batch, deadline)
+            logits, usage.student_seconds = await self._calls.call("student", batch, deadline)
             return logits
 
         async def middle(batch: list[str]) -> np.ndarray:
-            logits, usage.middle_seconds = await self._call("middle", batch, deadline)
+            logits, usage.middle_seconds = await self._calls.call("middle", batch, deadline)
             return logits
 
         async def teacher(batch: list[str]) -> np.ndarray:
             caller.take_teacher_texts(len(batch))
-            logits, usage.teacher_seconds = await self._call("teacher", batch, deadline)
+            logits, usage.teacher_seconds = await self._calls.call("teacher", batch, deadline)
             return logits
 
         outcome = await run_cascade(
@@ -501,7 +417,9 @@ class Gateway:
             "limits": self._limits.model_dump(),
             "resilience": {
                 **(self._resilience.model_dump() if self._resilience is not None else {}),
-                "breakers": {role: breaker.state for role, breaker in self._breakers.items() if role in self._roles},
+                "breakers": {
+                    role: breaker.state for role, breaker in self._calls.breakers.items() if role in self._roles
+                },
             },
             "auth": {"enabled": self._auth.enabled},
         }

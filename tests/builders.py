@@ -17,6 +17,7 @@ from serving.vocabulary import Role
 
 if TYPE_CHECKING:
     from distill.predictions import Predictions
+    from serving.artifact import Calibration
     from serving.registry import Registry
 
 LABELS = ["balance", "card", "greeting"]
@@ -155,3 +156,26 @@ def promoted_registry(root: Path, pair: TinyPair) -> Registry:
     registry.promote("student", "tiny-student", "1")
     registry.promote("teacher", "tiny-teacher", "1")
     return registry
+
+
+def as_chain(
+    calibration: Calibration,
+    middle_model: str,
+    *,
+    kind: str = "agreement",
+    threshold: float = 0.6,
+    temperature: float = 1.0,
+) -> Calibration:
+    """``calibration`` as the first stage of a chain through ``middle_model`` (what ``calibrate --middle`` stores)."""
+    from serving.artifact import MiddleStage
+
+    middle = MiddleStage(
+        model=middle_model,
+        kind=kind,
+        threshold=threshold,
+        temperature=temperature,
+        seconds_per_request=0.001,
+        dollars_per_hour=0.1,
+        expected_served_share=(0.7, 0.2, 0.1),
+    )
+    return calibration.model_copy(update={"middle": middle})

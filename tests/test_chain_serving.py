@@ -16,13 +16,13 @@ from router.deferral import BASE_FEATURES, CHAIN_FEATURES, deferral_features, fi
 from router.signals import softmax
 from router.stages import StagePolicy, stage_score
 from serving import metrics as m
-from serving.artifact import Calibration, MiddleStage
+from serving.artifact import Calibration
 from serving.cascade import CascadeOutcome, run_cascade
 from serving.config import CascadeSettings, parse_config
 from serving.errors import ConfigError, ModelTimeout, ModelUnavailable
 from serving.metrics import RequestUsage
 from serving.policy import policy_in_force
-from tests.builders import synthetic_predictions
+from tests.builders import as_chain, synthetic_predictions
 from tests.recorded_metrics import recording_metrics
 
 LABELS = ["a", "b"]
@@ -145,16 +145,7 @@ def _calibration(middle_model: str | None) -> Calibration:
     calibration = calibrate(synthetic_predictions(300, 1, length_matters=False), "max_escalation", 0.3).calibration
     if middle_model is None:
         return calibration
-    middle = MiddleStage(
-        model=middle_model,
-        kind="agreement",
-        threshold=0.6,
-        temperature=1.2,
-        seconds_per_request=0.002,
-        dollars_per_hour=0.1,
-        expected_served_share=(0.8, 0.15, 0.05),
-    )
-    return calibration.model_copy(update={"middle": middle})
+    return as_chain(calibration, middle_model, threshold=0.6, temperature=1.2)
 
 
 def test_the_middle_stage_comes_from_the_calibration_of_the_very_model_served() -> None:

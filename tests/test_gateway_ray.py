@@ -176,10 +176,10 @@ def test_gateway_serves_a_chain_of_three_as_calibrated(
     from router import CascadePolicy, Signal
     from router.stages import StagePolicy
     from serving.application import build_app
-    from serving.artifact import MiddleStage, read_manifest, write_manifest
+    from serving.artifact import read_manifest, write_manifest
     from serving.backends import load_backend
     from serving.model_ref import resolve_model
-    from tests.builders import build_tiny_model, synthetic_predictions
+    from tests.builders import as_chain, build_tiny_model, synthetic_predictions
 
     url, config = gateway
     root = tmp_path_factory.mktemp("chain")
@@ -201,19 +201,11 @@ def test_gateway_serves_a_chain_of_three_as_calibrated(
         middle_logits[escalated], student_verdict.probabilities[escalated], [len(texts[i]) for i in escalated]
     )
     middle_threshold = _widest_gap(middle_scores.confidence)
-    chain = MiddleStage(
-        model=middle_ref.version,
-        kind="max_prob",
-        threshold=middle_threshold,
-        temperature=sharp,
-        seconds_per_request=0.001,
-        dollars_per_hour=0.1,
-        expected_served_share=(0.5, 0.25, 0.25),
+    calibration = as_chain(
+        stored.calibration, middle_ref.version, kind="max_prob", threshold=middle_threshold, temperature=sharp
     )
     manifest = read_manifest(student)
-    write_manifest(
-        student, manifest.model_copy(update={"calibration": stored.calibration.model_copy(update={"middle": chain})})
-    )
+    write_manifest(student, manifest.model_copy(update={"calibration": calibration}))
 
     expected = ["student"] * len(texts)
     for position, row in enumerate(escalated):

@@ -15,8 +15,10 @@ import pytest
 from router.cost import SavingsCarry
 from router.drift import RollingHistogram, population_stability_index
 from serving import metrics as m
+from serving.dashboards import panel_queries
 from serving.metrics import ReplicaMetrics, RequestUsage
-from serving.monitoring import alert_rules, generated_files, metrics_named, panel_queries, recording_rules
+from serving.monitoring import alert_rules, generated_files, recording_rules
+from serving.promql import metrics_named
 from serving.report import COUNTERS, Samples, interval_deltas, parse_counters, summarise
 from tests.recorded_metrics import recording_factory, recording_metrics
 

@@ -26,7 +26,8 @@ from loadtests import wait_until_settled
 from serving import metrics as m
 from serving.config import parse_config
 from serving.constants import KEEP_TEXT_FOR_REDISTILL
-from serving.monitoring import panel_queries, recording_rules
+from serving.dashboards import panel_queries
+from serving.monitoring import recording_rules
 from serving.report import from_metrics_endpoint, from_prometheus, parse_counters, summarise, write_report
 from tests.builders import TEXTS, TinyPair
 from tests.gateway_helpers import BAD_REQUESTS, gateway_config

@@ -154,24 +154,16 @@ def test_a_chains_student_is_recalibrated_as_a_chain_through_the_same_middle_mod
     import shutil
 
     from distill.calibrate import calibrate
-    from serving.artifact import MiddleStage, read_manifest, write_manifest
-    from tests.builders import build_tiny_model, synthetic_predictions
+    from serving.artifact import read_manifest, write_manifest
+    from tests.builders import as_chain, build_tiny_model, synthetic_predictions
 
     _, log, pair = setup
     middle = build_tiny_model(tmp_path / "middle", layers=1, seed=3, role="middle", onnx=False)
     student = Path(shutil.copytree(pair.student, tmp_path / "student"))
     stored = calibrate(synthetic_predictions(300, 1, length_matters=False), "max_escalation", 0.3).calibration
-    chain = MiddleStage(
-        model="tiny-middle:1",
-        kind="agreement",
-        threshold=0.5,
-        temperature=1.0,
-        seconds_per_request=0.001,
-        dollars_per_hour=0.1,
-        expected_served_share=(0.7, 0.2, 0.1),
-    )
+    chained = as_chain(stored, "tiny-middle:1", threshold=0.5)
     manifest = read_manifest(student)
-    write_manifest(student, manifest.model_copy(update={"calibration": stored.model_copy(update={"middle": chain})}))
+    write_manifest(student, manifest.model_copy(update={"calibration": chained}))
     registry = Registry(tmp_path / "chain-registry")
     for folder in (student, pair.teacher, middle):
         registry.add(folder)

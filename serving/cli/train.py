@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,13 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _costs(by_candidate: dict[str, float | None], shown: Callable[[float], str]) -> str:
+    """``name cost, …`` for each candidate rule, ``not met`` where it could not reach the target."""
+    return ", ".join(f"{name} {'not met' if d is None else shown(d)}" for name, d in by_candidate.items())
+
+
 def _print_chain(middle: MiddleStage, teacher_only_dollars: float) -> None:
-    costs = ", ".join(
-        f"{name} {'not met' if dollars is None else f'{dollars / teacher_only_dollars:.3f}'}"
-        for name, dollars in middle.compared.items()
-    )
+    costs = _costs(middle.compared, lambda dollars: f"{dollars / teacher_only_dollars:.3f}")
     print(f"chains compared (cost at the target, as a share of teacher-only): {costs}")
     shares = ", ".join(f"{role} {share:.3f}" for role, share in zip(ROLES, middle.expected_served_share, strict=True))
     print(f"middle model {middle.model}: rule {middle.kind}, threshold {middle.threshold:.4f}; answered by {shares}")
@@ -161,10 +164,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     ece = f" (ECE {report.ece_before:.4f} -> {report.ece_after:.4f})" if report.ece_before is not None else ""
     print(f"temperature {report.temperature:.3f}{ece}")
     if calibration.rule_choice is not None:
-        costs = ", ".join(
-            f"{name} {'not met' if dollars is None else f'${dollars:.5f}'}"
-            for name, dollars in calibration.rule_choice.dollars_per_1000.items()
-        )
+        costs = _costs(calibration.rule_choice.dollars_per_1000, lambda dollars: f"${dollars:.5f}")
         print(
             f"rules compared on {calibration.rule_choice.compared_on} calibration texts, learned ones scored out "
             f"of fold (cost per 1,000 at the target): {costs}; kept {calibration.rule_choice.kept}"
