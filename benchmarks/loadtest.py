@@ -1,4 +1,7 @@
-"""``cascade loadtest``: teacher only, student only and the cascade, side by side, in one run.
+"""``cascade loadtest``: the serving path beside its references (default), or the open-loop ramp (``--ramp``).
+
+The side-by-side run is ``benchmarks.serving_path``'s. The ramp: teacher only, student only and the
+cascade, side by side, in one run.
 
 One gateway (``cascade serve --direct-student``, started here through ``serving.process``) serves
 all three configurations; the request's ``route`` selects one, so models, replicas, hardware and
@@ -9,6 +12,7 @@ repeats ``repeats`` times; the report quotes medians over repeats and ratios wit
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -18,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 
+from benchmarks.serving_path import ServingPathSettings, run_serving_path
 from loadtests import free_port
 from loadtests.driver import LoadDriver, LoadTestSettings, default_core_split
-from loadtests.report import package_versions, write_outputs
+from loadtests.report import package_versions, write_outputs, write_side_by_side
 from loadtests.stats import ConfigurationRun, summarise, teacher_answers
 from serving.process import GatewayProcess
 
@@ -70,6 +76,46 @@ def start_gateway(settings: LoadTestSettings, work: Path) -> tuple[GatewayProces
     return gateway, f"http://127.0.0.1:{metrics_port}/metrics"
 
 
+def _machine(gateway_cpus: str | None, generator_cpus: str | None, generator_share: float) -> dict[str, Any]:
+    cores = sorted(os.sched_getaffinity(0))
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": len(cores),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "core_split": {
+            "gateway": gateway_cpus or "all (shared)",
+            "load_generator": generator_cpus or "all (shared)",
+            "load_generator_cores_used": round(generator_share, 3),
+        },
+    }
+
+
+def run_side_by_side(settings: ServingPathSettings, dataset: Path, output: Path, log: Any = print) -> dict[str, Any]:
+    """``cascade loadtest``: the generator's ceiling, then every server of the side-by-side run in turn."""
+    driver = LoadDriver(LoadTestSettings(settings.teacher, settings.student, dataset, output), log)
+    log(f"cascade loadtest (side by side): work folder {driver.work}")
+    texts = [json.loads(line)["text"] for line in dataset.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        ceiling = driver.generator_ceiling()
+        measured = run_serving_path(settings, driver, texts, log)
+    finally:
+        driver.close()
+    generator_share = driver.generator_cpu_s / max(1e-9, driver.generator_wall_s)
+    result = {
+        "command": os.environ.get("CASCADE_REPRODUCE") or "cascade " + " ".join(sys.argv[1:]),
+        "machine": _machine(None, None, generator_share),
+        "versions": package_versions(),
+        "settings": {**asdict(settings), "dataset": str(dataset)},
+        "generator_ceiling": ceiling,
+        **measured,
+    }
+    for path in write_side_by_side(result, output):
+        log(f"wrote {path}")
+    shutil.rmtree(driver.work, ignore_errors=True)
+    return result
+
+
 def run_loadtest(settings: LoadTestSettings, log: Any = print) -> dict[str, Any]:
     """The whole benchmark: ceiling, then per repeat the three configurations, then the overhead."""
     if settings.gateway_cpus is None and settings.generator_cpus is None:
@@ -105,20 +151,10 @@ def run_loadtest(settings: LoadTestSettings, log: Any = print) -> dict[str, Any]
         if gateway is not None:
             gateway.stop()
         harness.close()
-    cores = sorted(os.sched_getaffinity(0))
     result = {
         # A wrapper script that prepared the models names itself in CASCADE_REPRODUCE.
         "command": os.environ.get("CASCADE_REPRODUCE") or "cascade " + " ".join(sys.argv[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": len(cores),
-            "core_split": {
-                "gateway": settings.gateway_cpus or "all (shared)",
-                "load_generator": settings.generator_cpus or "all (shared)",
-                "load_generator_cores_used": round(generator_share, 3),
-            },
-        },
+        "machine": _machine(settings.gateway_cpus, settings.generator_cpus, generator_share),
         "versions": package_versions(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
         "models": models,
@@ -134,4 +170,4 @@ def run_loadtest(settings: LoadTestSettings, log: Any = print) -> dict[str, Any]
     return result
 
 
-__all__ = ["LoadTestSettings", "run_loadtest"]
+__all__ = ["LoadTestSettings", "run_loadtest", "run_side_by_side"]

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Reproduces docs/benchmarks/loadtest.{md,json,csv,png} on BANKING77:
-#   bash benchmarks/loadtest_banking77.sh            (about 25 minutes on 2 cores)
+# Reproduces, on BANKING77:
+#   bash benchmarks/loadtest_banking77.sh         docs/benchmarks/loadtest.{md,json}: the gateway beside a plain
+#                                                 server and a no-op Ray Serve app, closed loop (about 20 minutes)
+#   bash benchmarks/loadtest_banking77.sh --ramp  docs/benchmarks/loadtest-ramp.{md,json,csv,png}: the open-loop
+#                                                 ramp with cost and accuracy (about 25 minutes on 2 cores)
 # Needs the teacher and the bag-of-embeddings student of `cascade benchmark-distill` (runs/benchmark).
 # Splits dev in halves exactly as `cascade benchmark-cascade` does (numpy permutation, seed 0),
 # calibrates a copy of the student on the first half (accuracy at most 0.3 points below the
@@ -27,6 +30,13 @@ rm -rf "$WORK/student" && cp -r "$MODELS/student-bag" "$WORK/student"
 PRICE=$("$BIN/python" -c 'from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR as p; print(p)')
 "$BIN/cascade" calibrate --teacher "$MODELS/teacher" --student "$WORK/student" --data "$WORK/calibration.jsonl" \
     --max-quality-loss 0.3 --student-price $PRICE --teacher-price $PRICE --threads 1
-CASCADE_REPRODUCE="bash benchmarks/loadtest_banking77.sh" "$BIN/cascade" loadtest --teacher "$MODELS/teacher" --student "$WORK/student" --dataset "$WORK/traffic.jsonl" \
+if [ "${1:-}" != "--ramp" ]; then
+    CASCADE_REPRODUCE="bash benchmarks/loadtest_banking77.sh" "$BIN/cascade" loadtest --teacher "$MODELS/teacher" \
+        --student "$WORK/student" --dataset "$WORK/traffic.jsonl" --p99-target-ms 250 --warmup-seconds 2 \
+        --output "${OUTPUT:-docs/benchmarks}" "$@"
+    exit
+fi
+shift
+CASCADE_REPRODUCE="bash benchmarks/loadtest_banking77.sh --ramp" "$BIN/cascade" loadtest --ramp --teacher "$MODELS/teacher" --student "$WORK/student" --dataset "$WORK/traffic.jsonl" \
     --colocate-student --p99-target-ms 250 --extra-p99-target-ms 500 --start-rate 8 --growth 1.25 --stage-seconds 10 --warmup-seconds 2 \
     --repeats 3 --overhead-requests 300 --output "${OUTPUT:-docs/benchmarks}" "$@"

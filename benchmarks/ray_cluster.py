@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.constants import RAY_ENVIRONMENT_DEFAULTS
+from serving.constants import RAY_ENVIRONMENT_DEFAULTS, new_ray_haproxy_folder, ray_haproxy_environment
 from serving.front_proxy import free_local_port
 
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
@@ -52,6 +52,7 @@ class LocalCluster:
         self.root = root.resolve()
         # Ray's own folder: short, as its sockets' paths must fit in 107 bytes (a test's tmp path does not).
         self.temp_dir = Path(tempfile.mkdtemp(prefix="cascade-ray-", dir="/tmp"))
+        self.haproxy_folder = new_ray_haproxy_folder()
         self.port = free_local_port()
         self.dashboard_port = free_local_port()
         self.nodes: dict[str, Node] = {}
@@ -59,6 +60,8 @@ class LocalCluster:
         self.env = {
             **os.environ,
             **RAY_ENVIRONMENT_DEFAULTS,
+            # One Ray HAProxy per proxy (HeadOnly here): its files and ports apart from any other Ray.
+            **ray_haproxy_environment(self.haproxy_folder, free_local_port(), free_local_port()),
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": token,
             # Several nodes on one machine: Ray refuses a multi-node cluster when this is 0.
@@ -173,6 +176,7 @@ class LocalCluster:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(1)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        shutil.rmtree(self.haproxy_folder, ignore_errors=True)
 
 
 def _marker(name: str) -> str:

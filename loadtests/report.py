@@ -34,7 +34,7 @@ def write_outputs(result: dict[str, Any], stages: list[Stage], output: Path) -> 
     import matplotlib.pyplot as plt
 
     output.mkdir(parents=True, exist_ok=True)
-    json_path, csv_path, png_path = output / "loadtest.json", output / "loadtest.csv", output / "loadtest.png"
+    json_path, csv_path, png_path = (output / f"loadtest-ramp.{ext}" for ext in ("json", "csv", "png"))
     json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(asdict(stages[0])))
@@ -124,7 +124,7 @@ def write_markdown(result: dict[str, Any], output: Path) -> Path:
         "| configuration | sustained req/s at p99 target | p50 / p95 / p99 ms at that rate | errors % "
         "| escalation | accuracy | agreement with teacher | $ per 1,000 |"
     )
-    text = f"""# Load test: teacher only vs student only vs the cascade
+    text = f"""# Load test (ramp): teacher only vs student only vs the cascade
 
 Command: `{result["command"]}`
 
@@ -165,8 +165,96 @@ paired: teacher minus cascade on the distinct texts both answered in that repeat
 Median overhead: **{100 * overhead["median_overhead_share"]:+.1f}%** of the student-direct p50
 ({overhead["median_router_tau0_p50_ms"]:.2f} ms vs {overhead["median_student_direct_p50_ms"]:.2f} ms).
 
-Every stage is in `loadtest.csv`; the figure is `loadtest.png`.
+Every stage is in `loadtest-ramp.csv`; the figure is `loadtest-ramp.png`.
 """
-    path = output / "loadtest.md"
+    path = output / "loadtest-ramp.md"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+_TARGET_NAMES = {
+    "student_vs_plain": "`route: student` sustained throughput / the plain server's",
+    "auto_vs_plain": "`route: auto` sustained throughput / the plain server's",
+    "cascade_vs_teacher": "cascade (`auto`) / teacher-only sustained throughput",
+    "single_request_p50_gap_ms": "single request p50: `route: student` − plain server (ms)",
+    "teacher_vs_offline_batch_32": "teacher-only at 32 texts/request / the teacher's offline batch-32 throughput",
+}
+
+
+def _rung_cell(rung: dict[str, Any] | None, sustained: float) -> str:
+    if rung is None:
+        return "none within target"
+    return f"**{sustained:.0f}** ({rung['users']} users; p50 {rung['p50_ms']:.0f} / p99 {rung['p99_ms']:.0f} ms)"
+
+
+def write_side_by_side(result: dict[str, Any], output: Path) -> list[Path]:
+    """loadtest.json (everything) and loadtest.md: the gateway beside the plain server and the no-op Ray app."""
+    output.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = output / "loadtest.json", output / "loadtest.md"
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    settings, machine = result["settings"], result["machine"]
+    sizes = [str(size) for size in settings["texts_per_request"]]
+    target_rows = "\n".join(
+        f"| {_TARGET_NAMES.get(name, name)} | {_fmt(t['measured'], '.2f')} | {t['target']:g} | "
+        f"{'yes' if t['met'] else '**no**'} |"
+        for name, t in result["targets"].items()
+    )
+    rows = "\n".join(
+        f"| {row['configuration']} | {row['memory_mib']:.0f} | {_fmt(row['single_request_p50_ms'], '.2f')} | "
+        + " | ".join(_rung_cell(row["at_sustained"][size], row["sustained_texts_per_s"][size]) for size in sizes)
+        + " |"
+        for row in result["rows"]
+    )
+    rungs = "\n".join(
+        f"| {row['configuration']} | {r['texts']} | {r['users']} | {r['requests_per_s']:.1f} | "
+        f"{r['texts_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {100 * r['error_rate']:.2f} | "
+        f"{100 * r['escalation_rate']:.1f} |"
+        for row in result["rows"]
+        for r in row["rungs"]
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+    size_headers = " | ".join(f"{size} text{'s' if size != '1' else ''}/request: texts/s" for size in sizes)
+    text = f"""# Load test: the serving path beside a plain server and a no-op Ray Serve app
+
+Command: `{result["command"]}`
+
+Machine: {machine["cpus"]} CPUs ({machine["processor"]}, {machine["platform"]}), {machine["memory_gib"]} GiB;
+every server and Locust share all cores (Locust used {machine["core_split"]["load_generator_cores_used"]:.2f} of
+a core on average while it ran). Versions: {versions}. Load generator ceiling (Locust against a no-op
+asyncio endpoint): **{result["generator_ceiling"]["requests_per_s"]:.0f} req/s**.
+
+Closed loop: each Locust user sends its next request when the last is answered; rungs of
+{", ".join(map(str, settings["users"]))} users, {settings["seconds"]:g} s each (the first
+{settings["warmup_seconds"]:g} s not counted). **Sustained** = the best texts/s among the rungs whose p99 stayed
+≤ {settings["p99_target_ms"]:g} ms with ≤ 1% errors. One server runs at a time; memory is the PSS of all its
+processes after its runs. Teacher `{settings["teacher"]}`, student `{settings["student"]}`, traffic
+`{settings["dataset"]}`; model threads {settings["model_threads"]}, batches up to 32 (5 ms wait).
+
+Configurations: `plain` = benchmarks/plain_server.py (one uvicorn process, the same student artifact
+and backend, no Ray); `noop_ray` = benchmarks/noop_ray_app.py (Ray Serve answering a fixed body through
+the gateway's HTTP ingress); `gateway:<route>` = `cascade serve` as configured now (Ray's HAProxy
+straight to the ingress replica, the student inside it); `gateway_before:student` = the same gateway
+with Ray Serve's Python proxy and the student in its own deployment (the configuration before).
+The teacher's offline throughput (this process, batch 32, same threads):
+**{result["teacher_offline_texts_per_s"]:.1f} texts/s**.
+
+## Targets
+
+| target | measured | wanted | met |
+| --- | --- | --- | --- |
+{target_rows}
+
+## Sustained throughput, memory and single-request latency
+
+| configuration | memory (MiB, PSS) | single request p50 (ms) | {size_headers} |
+| --- | --- | --- | {" | ".join("---" for _ in sizes)} |
+{rows}
+
+## Every rung
+
+| configuration | texts/request | users | req/s | texts/s | p50 ms | p99 ms | errors % | escalated % |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{rungs}
+"""
+    md_path.write_text(text, encoding="utf-8")
+    return [json_path, md_path]

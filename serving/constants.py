@@ -10,6 +10,7 @@ default.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -132,11 +133,46 @@ def cascade_home() -> Path:
 # third, by default. Our replicas never block their loop (model calls run in a worker thread), so
 # we run both on the replica's main loop, as Ray's own RAY_SERVE_THROUGHPUT_OPTIMIZED mode does:
 # measured here, one request through the gateway went from 40 ms to 26 ms (p50, sequential).
+#
+# HTTP enters through Ray's HAProxy, which sends each request straight to an ingress replica's own
+# HTTP server (direct ingress), instead of through Ray's Python proxy and a handle hop: measured with
+# 32 closed-loop clients, the student path went from 74 to 437 requests/s (docs/benchmarks/profile.md).
+# ``http.ingress: proxy`` turns it off for a gateway that starts its own Ray. An ingress replica that
+# stops keeps answering while every HAProxy learns it is gone: Ray holds it 30 s by default, which
+# made every stop and rolling update 20 s longer (the shutdown budget); 5 s covers one broadcast.
 RAY_ENVIRONMENT_DEFAULTS = {
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
 }
+
+RAY_HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
+
+
+def new_ray_haproxy_folder() -> Path:
+    """A short, new folder for one Ray's HAProxy files: Ray puts them in a 56-character node folder
+    inside it, and HAProxy refuses a socket path over 97 bytes."""
+    return Path(tempfile.mkdtemp(prefix="crh-", dir="/tmp"))
+
+
+def ray_haproxy_environment(folder: Path, stats_port: int, metrics_port: int) -> dict[str, str]:
+    """Where one Ray's HAProxy keeps its files and ports, so several Rays on one machine do not share them.
+
+    Ray's defaults are one fixed folder (/tmp/haproxy-serve) and fixed ports (8404 for its stats page,
+    9101 for its metrics): a second gateway or a test session on the same machine would take over the
+    first one's admin socket. On a Kubernetes pod, one Ray per pod, the defaults are fine.
+    """
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(folder / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+    }
 
 
 LOOPBACK_ONLY_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}

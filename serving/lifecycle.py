@@ -9,8 +9,11 @@ own applications when it stops. A promotion in the registry is followed by the a
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 from serving import constants as c
@@ -47,6 +50,20 @@ def _check_port_free(port: int, setting: str) -> None:
             ) from None
 
 
+def _choose_ingress(ingress: str) -> Path | None:
+    """Set how HTTP enters the private Ray about to start; returns the folder of Ray's HAProxy, if used.
+
+    Set in this process's environment before ``ray.init``: the local Ray's processes inherit it.
+    """
+    if ingress != "haproxy":
+        os.environ[c.RAY_HAPROXY_SWITCH] = "0"
+        return None
+    os.environ[c.RAY_HAPROXY_SWITCH] = "1"
+    folder = c.new_ray_haproxy_folder()
+    os.environ.update(c.ray_haproxy_environment(folder, free_local_port(), free_local_port()))
+    return folder
+
+
 def serve_gateway(
     config: GatewayConfig,
     *,
@@ -75,6 +92,7 @@ def serve_gateway(
         _check_port_free(config.metrics.port, "metrics.port")
     serve_host, serve_port = ("127.0.0.1", free_local_port()) if front else (config.http.host, config.http.port)
     c.apply_ray_environment_defaults()
+    haproxy_folder = _choose_ingress(config.http.ingress) if own_ray else None
     quiet = log_level not in ("DEBUG", "INFO")
     if own_ray and quiet:
         # Ray 2.60 turns token authentication on for a new local cluster and warns that it did, on
@@ -159,6 +177,8 @@ def serve_gateway(
         if direct_student:
             serve.delete(c.DIRECT_STUDENT_APP_NAME)
         ray.shutdown()
+        if haproxy_folder is not None:
+            shutil.rmtree(haproxy_folder, ignore_errors=True)
         print("cascade-gateway stopped", flush=True)
 
 

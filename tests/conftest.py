@@ -24,13 +24,21 @@ def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> TinyPair:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[int]:
-    """One local Ray for the whole test session (yields its metrics port); Serve and Ray end with it."""
+    """One local Ray for the whole test session (yields its metrics port); Serve and Ray end with it.
+
+    Set up as ``cascade serve`` sets up its own: HTTP through Ray's HAProxy (direct ingress), with
+    that HAProxy's files and ports apart from any gateway the tests start beside it.
+    """
+    import shutil
+
     import ray
     from ray import serve
 
-    from serving.constants import apply_ray_environment_defaults
+    from serving.constants import apply_ray_environment_defaults, new_ray_haproxy_folder, ray_haproxy_environment
 
     apply_ray_environment_defaults()
+    haproxy_folder = new_ray_haproxy_folder()
+    os.environ.update(ray_haproxy_environment(haproxy_folder, free_port(), free_port()))
     metrics_port = free_port()
     ray.init(
         address="local",
@@ -46,6 +54,7 @@ def ray_session() -> Iterator[int]:
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(haproxy_folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -186,7 +186,7 @@ def test_cascade_loadtest_smoke_run_writes_the_report(tiny_pair: TinyPair, tmp_p
     lines: list[str] = []
     result = run_loadtest(settings, log=lines.append)
     print("\n".join(lines))
-    for name in ("loadtest.json", "loadtest.csv", "loadtest.png", "loadtest.md"):
+    for name in ("loadtest-ramp.json", "loadtest-ramp.csv", "loadtest-ramp.png", "loadtest-ramp.md"):
         assert (tmp_path / "report" / name).stat().st_size > 0, name
     summary = result["summary"]
     assert set(summary["configurations"]) == {"teacher_only", "student_only", "cascade"}

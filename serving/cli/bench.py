@@ -108,7 +108,25 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _loadtest(args: argparse.Namespace) -> int:
-    from benchmarks.loadtest import LoadTestSettings, run_loadtest
+    from benchmarks.loadtest import LoadTestSettings, run_loadtest, run_side_by_side
+    from benchmarks.serving_path import ServingPathSettings
+
+    if not args.ramp:
+        side = ServingPathSettings(
+            teacher=args.teacher,
+            student=args.student,
+            users=tuple(args.users),
+            texts_per_request=tuple(args.texts_per_request_sizes),
+            seconds=args.rung_seconds,
+            warmup_seconds=args.warmup_seconds,
+            p99_target_ms=args.p99_target_ms,
+            single_requests=args.overhead_requests,
+            threshold=args.threshold,
+            model_threads=args.model_threads,
+            servers=tuple(args.servers),
+        )
+        run_side_by_side(side, args.dataset, args.output)
+        return 0
 
     settings = LoadTestSettings(
         teacher=args.teacher,
@@ -202,12 +220,38 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cluster.set_defaults(func=_cluster)
 
     load = commands.add_parser(
-        "loadtest", help="teacher only, student only and the cascade under the same load, side by side"
+        "loadtest",
+        help="the gateway's routes beside a plain server and a no-op Ray Serve app (closed loop); --ramp: "
+        "teacher only, student only and the cascade under a climbing open-loop rate, with cost and accuracy",
     )
     load.add_argument("--teacher", required=True, help="teacher model folder")
     load.add_argument("--student", required=True, help="student model folder (calibrated: its τ is used)")
     load.add_argument("--dataset", required=True, type=Path, help="traffic JSONL ({text, label})")
-    load.add_argument("--output", type=Path, default=Path("docs/benchmarks"), help="loadtest.{json,csv,png,md} go here")
+    load.add_argument(
+        "--output",
+        type=Path,
+        default=Path("docs/benchmarks"),
+        help="loadtest.{json,md} go here (with --ramp: loadtest-ramp.{json,csv,png,md})",
+    )
+    load.add_argument("--ramp", action="store_true", help="the open-loop ramp instead of the side-by-side run")
+    load.add_argument(
+        "--users", type=int, nargs="+", default=[4, 16, 32, 64], help="side by side: concurrent users per rung"
+    )
+    load.add_argument(
+        "--texts-per-request-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32],
+        help="side by side: texts per request to measure",
+    )
+    load.add_argument("--rung-seconds", type=float, default=10.0, help="side by side: seconds per rung")
+    load.add_argument(
+        "--servers",
+        nargs="+",
+        default=["plain", "noop_ray", "gateway", "gateway_before"],
+        choices=["plain", "noop_ray", "gateway", "gateway_before"],
+        help="side by side: which servers to measure",
+    )
     load.add_argument("--p99-target-ms", type=float, default=300.0)
     load.add_argument(
         "--extra-p99-target-ms",

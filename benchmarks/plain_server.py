@@ -1,0 +1,67 @@
+"""The reference a user could write instead of the gateway: one uvicorn process, the student, no Ray.
+
+    python -m benchmarks.plain_server --student runs/benchmark/banking77/student-bag --port 8098
+
+Same artifact and the project's own backend (``serving.backends.load_backend``: ONNX Runtime when the
+folder has ``model.onnx``), one call per request, the same ``/v1/classify`` request and answer
+fields. No cascade, no metrics, no auth, no limits: what is left is the floor of the work itself,
+and ``cascade loadtest`` shows the gateway beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from serving.backends import load_backend
+from serving.model_ref import resolve_model
+
+
+def build(student: str, threads: int) -> Starlette:
+    ref = resolve_model(student)
+    backend = load_backend(ref, threads=threads)
+    labels = ref.labels
+
+    async def classify(request: Request) -> JSONResponse:
+        body = await request.json()
+        inputs = body["inputs"]
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        logits = backend.logits(texts)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = exp / exp.sum(axis=1, keepdims=True)
+        results = [
+            {"label": labels[int(row.argmax())], "confidence": float(row.max()), "served_by": "student"}
+            for row in probs
+        ]
+        return JSONResponse({"results": results})
+
+    async def healthz(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route("/v1/classify", classify, methods=["POST"]),
+            Route("/healthz", healthz),
+            Route("/readyz", healthz),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", required=True, help="the student's folder (the same one the gateway serves)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    uvicorn.run(build(args.student, args.threads), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
