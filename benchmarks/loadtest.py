@@ -41,7 +41,7 @@ def start_gateway(settings: LoadTestSettings, work: Path) -> tuple[GatewayProces
     port, metrics_port = free_port(), free_port()
     role = {
         "threads": settings.model_threads,
-        "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005},
+        "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.0},
         # num_cpus 0: Ray must not refuse the third replica (student, teacher, direct student) on a
         # 2-core node; the cores are shared and pinned by taskset instead.
         "deployment": {"num_cpus": 0, "max_ongoing_requests": 64, "max_queued_requests": 4096},

@@ -37,7 +37,7 @@ from loadtests.driver import LoadDriver
 from loadtests.stats import percentile, stage_stats
 from serving.process import ChildProcess, GatewayProcess, wait_until_ready
 
-BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
 
 
 @dataclass

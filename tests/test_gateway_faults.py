@@ -192,3 +192,15 @@ def test_models_shows_no_path_of_the_server(tiny_pair: TinyPair) -> None:
     roles = gateway.describe()["roles"]
     assert roles["student"]["model"] == tiny_pair.student.name
     assert str(tiny_pair.student.parent) not in json.dumps(gateway.describe())
+
+
+def test_answers_match_the_documented_response_model(tiny_pair: TinyPair) -> None:
+    """The ingress returns the gateway's answer as is (no FastAPI response validation): it must be the
+    shape /openapi.json documents, for plain, escalated and degraded answers alike."""
+    from serving.schemas import ClassifyResponse
+
+    for teacher in (sure, broken):
+        gateway, _, _, _ = _gateway(tiny_pair, unsure, teacher)
+        for route in ("auto", "student"):
+            answer = _ask(gateway, {"inputs": ["a", "b"], "route": route})
+            assert ClassifyResponse.model_validate(answer).model_dump(mode="json") == answer
