@@ -260,7 +260,12 @@ def targets(rows: list[Row], teacher_offline: float) -> dict[str, dict[str, Any]
     """Issue 16's targets, each as measured, target and met."""
     plain = _sustained(rows, "plain")
     student, auto, teacher = (_sustained(rows, f"gateway:{r}") for r in ("student", "auto", "teacher"))
-    teacher_batched = _sustained(rows, "gateway:teacher", 32)
+    # The teacher against its compute limit: its best texts/s at 32 texts per request, whatever the
+    # latency (a batch of 32 on one CPU thread alone takes longer than the p99 target).
+    teacher_batched = max(
+        (r.texts_per_s for row in rows if row.configuration == "gateway:teacher" for r in row.rungs if r.texts == 32),
+        default=float("nan"),
+    )
     p50_gap = _single(rows, "gateway:student") - _single(rows, "plain")
 
     def ratio(a: float, b: float) -> float:

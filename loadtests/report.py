@@ -177,7 +177,7 @@ _TARGET_NAMES = {
     "auto_vs_plain": "`route: auto` sustained throughput / the plain server's",
     "cascade_vs_teacher": "cascade (`auto`) / teacher-only sustained throughput",
     "single_request_p50_gap_ms": "single request p50: `route: student` − plain server (ms)",
-    "teacher_vs_offline_batch_32": "teacher-only at 32 texts/request / the teacher's offline batch-32 throughput",
+    "teacher_vs_offline_batch_32": "teacher-only, best texts/s at 32 texts/request / its offline batch-32 texts/s",
 }
 
 
