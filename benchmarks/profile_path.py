@@ -34,7 +34,7 @@ CONFIGURATIONS = {
     "Ray's HAProxy, student in the ingress (now)": ("haproxy", True),
 }
 
-PY_SPY_RAW = ("--threads", "-f", "raw", "-o")
+PY_SPY_RAW = ("--nonblocking", "--threads", "-f", "raw", "-o")
 
 # Frames (function name, then file) that mark where the event loop is; inclusive shares.
 CATEGORIES = {
@@ -113,33 +113,23 @@ def profile(
             )
             with GatewayProcess(config, driver.work / "gateway.log", port=port) as gateway:
                 driver.locust(gateway.url, users=users, seconds=5, rate_per_user=0, route="student")  # warm-up
+                # First a clean window (no profiler attached): CPU per process and throughput.
                 before = _cpu_by_process(gateway.pid)
-                spy = None
-                raw = driver.work / "spy.txt"
-                ingress_pid = _ingress_pid(gateway.pid)
-                if py_spy and ingress_pid:
-                    spy = subprocess.Popen(
-                        [
-                            py_spy,
-                            "record",
-                            "-p",
-                            str(ingress_pid),
-                            "-d",
-                            str(int(seconds) - 2),
-                            "-r",
-                            "100",
-                            *PY_SPY_RAW,
-                            str(raw),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
                 started_wall = time.time()
                 records, started = driver.locust(
                     gateway.url, users=users, seconds=seconds, rate_per_user=0, route="student"
                 )
                 after = _cpu_by_process(gateway.pid)
-                if spy is not None:
+                # Then a second window with py-spy sampling the ingress without pausing it.
+                raw = driver.work / "spy.txt"
+                ingress_pid = _ingress_pid(gateway.pid)
+                if py_spy and ingress_pid:
+                    spy = subprocess.Popen(
+                        [py_spy, "record", "-p", str(ingress_pid), "-d", "10", "-r", "100", *PY_SPY_RAW, str(raw)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    driver.locust(gateway.url, users=users, seconds=12, rate_per_user=0, route="student")
                     spy.wait(timeout=60)
                 answered = sum(1 for r in records if r["status"] == 200)
                 stats = stage_stats(records, started, 0.0, seconds)
