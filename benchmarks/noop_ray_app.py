@@ -18,7 +18,7 @@ import threading
 from typing import Any, cast
 
 from serving import constants as c
-from serving.front_proxy import free_local_port
+from serving.lifecycle import choose_ingress
 
 ANSWER = {"results": [{"label": "noop", "confidence": 1.0, "served_by": "student", "escalated": False}]}
 
@@ -31,11 +31,7 @@ def main() -> None:
 
     c.keep_local_ray_on_loopback()
     c.apply_ray_environment_defaults()
-    folder = None
-    os.environ[c.RAY_HAPROXY_SWITCH] = "1" if args.ingress == "haproxy" else "0"
-    if args.ingress == "haproxy":
-        folder = c.new_ray_haproxy_folder()
-        os.environ.update(c.ray_haproxy_environment(folder, free_local_port(), free_local_port()))
+    folder = choose_ingress(args.ingress)
 
     import ray
     from ray import serve

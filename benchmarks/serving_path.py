@@ -235,14 +235,10 @@ def run_serving_path(
     offline = offline_teacher_texts_per_s(settings, texts)
     log(f"  teacher offline: {offline:.1f} texts/s at batch 32, {settings.model_threads} thread(s)")
     return {
-        "rows": [_row_dict(row) for row in rows],
+        "rows": [asdict(row) for row in rows],
         "teacher_offline_texts_per_s": offline,
         "targets": targets(rows, offline),
     }
-
-
-def _row_dict(row: Row) -> dict[str, Any]:
-    return asdict(row)
 
 
 def _sustained(rows: list[Row], name: str, texts: int = 1) -> float:

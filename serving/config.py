@@ -73,9 +73,10 @@ class HttpSettings(_Strict):
     them), or the head only (one address; also when several Ray nodes share one machine)."""
     ingress: Literal["haproxy", "proxy"] = "haproxy"
     """How HTTP enters Ray Serve: ``haproxy``, Ray's HAProxy straight to the ingress replicas' own HTTP
-    servers (direct ingress; about 6x the throughput, docs/benchmarks/profile.md), or ``proxy``, Ray
-    Serve's Python proxy and a handle call. For a Ray that ``cascade serve`` starts; a cluster's nodes
-    decide by their environment (``RAY_SERVE_ENABLE_HA_PROXY``, set in deploy/kubernetes and the images)."""
+    servers (direct ingress; about 2x the throughput at half the CPU per request,
+    docs/benchmarks/profile.md), or ``proxy``, Ray Serve's Python proxy and a handle call. For a Ray
+    that ``cascade serve`` starts; a cluster's nodes decide by their environment
+    (``RAY_SERVE_ENABLE_HA_PROXY``, set in deploy/kubernetes and the images)."""
 
 
 class LimitSettings(_Strict):

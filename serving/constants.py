@@ -63,7 +63,8 @@ DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.0
 """No wait: a batch takes the calls queued while the previous one ran. Under load that fills batches by
 itself (the model runs off the event loop meanwhile); a lone request is not held back. A 5 ms wait
-cost every single request 5 ms more (p50 11 → 4 ms through the gateway, docs/benchmarks/profile.md)."""
+cost every single request 5 ms more (measured by hand, one request at a time through the gateway with
+the student inside the ingress: p50 11 → 4 ms)."""
 DEFAULT_MODEL_MAX_ONGOING_REQUESTS = 64
 DEFAULT_MODEL_MAX_QUEUED_REQUESTS = 1_024
 DEFAULT_THREADS = 1
@@ -138,8 +139,9 @@ def cascade_home() -> Path:
 # measured here, one request through the gateway went from 40 ms to 26 ms (p50, sequential).
 #
 # HTTP enters through Ray's HAProxy, which sends each request straight to an ingress replica's own
-# HTTP server (direct ingress), instead of through Ray's Python proxy and a handle hop: measured with
-# 32 closed-loop clients, the student path went from 74 to 437 requests/s (docs/benchmarks/profile.md).
+# HTTP server (direct ingress), instead of through Ray's Python proxy and a handle hop: with 32
+# closed-loop clients on route student, 67 → 127 requests/s and 25.9 → 12.6 ms of CPU per request over
+# all processes (docs/benchmarks/profile.md; 339 requests/s with the student inside the ingress).
 # ``http.ingress: proxy`` turns it off for a gateway that starts its own Ray. An ingress replica that
 # stops keeps answering while every HAProxy learns it is gone: Ray holds it 30 s by default, which
 # made every stop and rolling update 20 s longer (the shutdown budget); 5 s covers one broadcast.

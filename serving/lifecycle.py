@@ -50,10 +50,12 @@ def _check_port_free(port: int, setting: str) -> None:
             ) from None
 
 
-def _choose_ingress(ingress: str) -> Path | None:
+def choose_ingress(ingress: str) -> Path | None:
     """Set how HTTP enters the private Ray about to start; returns the folder of Ray's HAProxy, if used.
 
-    Set in this process's environment before ``ray.init``: the local Ray's processes inherit it.
+    Set in this process's environment before ``ray.init``: the local Ray's processes inherit it. Also
+    used by the test session's Ray and the no-op Ray Serve app of ``cascade loadtest``; remove the
+    folder once that Ray has stopped.
     """
     if ingress != "haproxy":
         os.environ[c.RAY_HAPROXY_SWITCH] = "0"
@@ -92,7 +94,7 @@ def serve_gateway(
         _check_port_free(config.metrics.port, "metrics.port")
     serve_host, serve_port = ("127.0.0.1", free_local_port()) if front else (config.http.host, config.http.port)
     c.apply_ray_environment_defaults()
-    haproxy_folder = _choose_ingress(config.http.ingress) if own_ray else None
+    haproxy_folder = choose_ingress(config.http.ingress) if own_ray else None
     quiet = log_level not in ("DEBUG", "INFO")
     if own_ray and quiet:
         # Ray 2.60 turns token authentication on for a new local cluster and warns that it did, on
@@ -182,4 +184,4 @@ def serve_gateway(
         print("cascade-gateway stopped", flush=True)
 
 
-__all__ = ["serve_gateway"]
+__all__ = ["choose_ingress", "serve_gateway"]

@@ -34,11 +34,11 @@ def ray_session() -> Iterator[int]:
     import ray
     from ray import serve
 
-    from serving.constants import apply_ray_environment_defaults, new_ray_haproxy_folder, ray_haproxy_environment
+    from serving.constants import apply_ray_environment_defaults
+    from serving.lifecycle import choose_ingress
 
     apply_ray_environment_defaults()
-    haproxy_folder = new_ray_haproxy_folder()
-    os.environ.update(ray_haproxy_environment(haproxy_folder, free_port(), free_port()))
+    haproxy_folder = choose_ingress("haproxy")
     metrics_port = free_port()
     ray.init(
         address="local",
@@ -54,7 +54,8 @@ def ray_session() -> Iterator[int]:
     finally:
         serve.shutdown()
         ray.shutdown()
-        shutil.rmtree(haproxy_folder, ignore_errors=True)
+        if haproxy_folder is not None:
+            shutil.rmtree(haproxy_folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

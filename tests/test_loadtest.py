@@ -200,3 +200,49 @@ def test_cascade_loadtest_smoke_run_writes_the_report(tiny_pair: TinyPair, tmp_p
     assert result["generator_ceiling"]["requests_per_s"] > 0
     assert result["overhead"]["median_student_direct_p50_ms"] > 0
     assert any("teacher_only" in line and "offered" in line for line in lines), "no per-stage progress"
+
+
+@pytest.mark.slow
+def test_side_by_side_smoke_run_measures_the_gateway_beside_both_references(
+    tiny_pair: TinyPair, tmp_path: Path
+) -> None:
+    """``cascade loadtest`` (side by side): the plain server, the no-op Ray Serve app and the gateway's
+    three routes each answer, and the report states every target."""
+    from benchmarks.loadtest import run_side_by_side
+    from benchmarks.serving_path import ServingPathSettings
+
+    data = tmp_path / "traffic.jsonl"
+    data.write_text(tiny_pair.data.read_text() * 5)
+    settings = ServingPathSettings(
+        teacher=str(tiny_pair.teacher),
+        student=str(tiny_pair.student),
+        users=(2,),
+        texts_per_request=(1, 32),
+        seconds=4,
+        warmup_seconds=1,
+        p99_target_ms=10_000,
+        single_requests=40,
+        threshold=0.6,
+        servers=("plain", "noop_ray", "gateway"),
+    )
+    lines: list[str] = []
+    result = run_side_by_side(settings, data, tmp_path / "report", log=lines.append)
+    print("\n".join(lines))
+    assert (tmp_path / "report" / "loadtest.md").stat().st_size > 0
+    assert json.loads((tmp_path / "report" / "loadtest.json").read_text()) == json.loads(json.dumps(result))
+    rows = {row["configuration"]: row for row in result["rows"]}
+    assert set(rows) == {"plain", "noop_ray", "gateway:student", "gateway:auto", "gateway:teacher"}
+    for name, row in rows.items():
+        assert [(r["texts"], r["users"]) for r in row["rungs"]] == [(1, 2), (32, 2)], name
+        assert all(r["error_rate"] == 0 and r["requests_per_s"] > 0 for r in row["rungs"]), name
+        assert row["sustained_texts_per_s"]["1"] > 0 and row["single_request_p50_ms"] > 0, name
+        assert row["memory_mib"] > 0, name
+    assert rows["gateway:student"]["rungs"][0]["escalation_rate"] == 0
+    assert result["teacher_offline_texts_per_s"] > 0
+    assert set(result["targets"]) == {
+        "student_vs_plain",
+        "auto_vs_plain",
+        "cascade_vs_teacher",
+        "single_request_p50_gap_ms",
+        "teacher_vs_offline_batch_32",
+    }
