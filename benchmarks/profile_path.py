@@ -41,7 +41,7 @@ CATEGORIES = {
     "HTTP server (uvicorn: parse, send)": ("RequestResponseCycle.run_asgi", "RequestResponseCycle.send"),
     "Ray's request wrapper (direct ingress, request id, metrics)": ("Replica._direct_ingress_asgi",),
     "FastAPI and Starlette (routing, middleware, response)": ("FastAPI.__call__",),
-    "our handler (GatewayIngress.classify)": ("GatewayIngress.classify",),
+    "our handler (GatewayIngress.classify_answer)": ("GatewayIngress.classify",),
     "  the cascade (Gateway.answer)": ("Gateway.answer",),
     "  the model (ModelRunner.logits)": ("ModelRunner.logits",),
     "Ray metrics (Metric._record)": ("Metric._record",),

@@ -12,7 +12,8 @@
     │   ├── UnsupportedMediaType    415: a body declared as something other than JSON
     │   ├── InvalidRequest          422: the body does not match the schema
     │   ├── LimitExceeded           422: too many inputs, or a text too long
-    │   └── RateLimited             429: the key is over its request rate or teacher budget
+    │   ├── RateLimited             429: the key is over its request rate or teacher budget
+    │   └── ClientGone              none: the client left before its body arrived; nothing is answered
     └── ServiceError                ours, a 5xx; the message never leaks internals
         ├── ModelError              500: a model's code raised on this request
         ├── Overloaded              503: a role's queue is full (back-pressure)
@@ -113,6 +114,13 @@ class LimitExceeded(RequestError):
 class RateLimited(RequestError):
     error_type = "rate_limited"
     http_status = 429
+
+
+class ClientGone(RequestError):
+    """The connection closed while the request body was being read: there is nobody to answer."""
+
+    error_type = "client_gone"
+    http_status = 400
 
 
 class ServiceError(CascadeError):

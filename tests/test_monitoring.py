@@ -136,15 +136,42 @@ def test_gateway_metrics_account_cost_savings_and_escalations() -> None:
 
 def test_replica_metrics_track_queue_depth_and_model_version() -> None:
     factory, made = recording_factory()
-    replica = ReplicaMetrics("student", "3", factory)
+    now = [100.0]
+    replica = ReplicaMetrics("student", "3", factory, clock=lambda: now[0])
     assert made[m.MODEL_INFO].values == {}
     replica.queued(5)
     replica.queued(2)
     replica.batch(7)
+    assert made[m.QUEUE_DEPTH].values == {(("role", "student"),): 5}  # 7 came within the second
+    now[0] += m.QUEUE_DEPTH_EVERY_S
     replica.queued(-5)
     assert made[m.QUEUE_DEPTH].values == {(("role", "student"),): 2}
+    replica.queued(-2)
+    assert made[m.QUEUE_DEPTH].values == {(("role", "student"),): 0}  # an emptied queue shows at once
     assert made[m.MODEL_INFO].values == {(("role", "student"), ("version", "3")): 1}
     assert made[m.BATCH_SIZE].observations == [7]
+
+
+class _CountedGauge:
+    def __init__(self) -> None:
+        self.sets: list[tuple[float, dict[str, str] | None]] = []
+
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
+        self.sets.append((value, tags))
+
+
+def test_a_throttled_gauge_publishes_changes_and_refreshes_what_stays() -> None:
+    now = [0.0]
+    gauge = _CountedGauge()
+    throttled = m.ThrottledGauge(gauge, clock=lambda: now[0])
+    for _ in range(100):
+        throttled.set(0.0, tags={"role": "teacher"})
+    throttled.set(1.0, tags={"role": "teacher"})  # a breaker that opens shows at once
+    throttled.set(0.0, tags={"role": "student"})  # each label set on its own
+    assert gauge.sets == [(0.0, {"role": "teacher"}), (1.0, {"role": "teacher"}), (0.0, {"role": "student"})]
+    now[0] += m.GAUGE_REFRESH_S
+    throttled.set(1.0, tags={"role": "teacher"})  # unchanged, set again: Ray may have dropped the first
+    assert gauge.sets[-1] == (1.0, {"role": "teacher"}) and len(gauge.sets) == 4
 
 
 def _a_redistill_run(state: Path, outcome: str = "rejected", ended: float = 1_700_000_000.0) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -113,3 +115,75 @@ def test_service_errors_are_5xx_and_internal_errors_leak_nothing() -> None:
     # Start-up errors are not client answers either: they never leak their text over HTTP.
     status, body = error_response(ArtifactError("checksum of /models/x mismatched"))
     assert status == 500 and "/models" not in body["error"]["message"]
+
+
+class _Answering:
+    """Stands in for the ingress: records what classify was given and answers a fixed triple."""
+
+    def __init__(self) -> None:
+        self.headers: list[dict[str, str]] = []
+
+    async def classify_answer(self, headers: dict[str, str], receive: Any) -> tuple[int, bytes, dict[str, str]]:
+        from serving.ingress import read_body
+
+        self.headers.append(headers)
+        body = await read_body(receive, 1000)
+        return 429, body, {"Retry-After": "2"}
+
+
+def _drive(app: Any, scope: dict[str, Any], messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run one ASGI call; returns what the app sent."""
+    incoming = list(messages)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_classify_is_answered_before_fastapi_and_everything_else_reaches_it() -> None:
+    from serving.ingress import ClassifyFirst
+
+    fastapi_calls: list[str] = []
+
+    async def fastapi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        fastapi_calls.append(f"{scope.get('method')} {scope.get('path')}")
+
+    ingress = _Answering()
+    app = ClassifyFirst(ingress, fastapi)  # type: ignore[arg-type]
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", b"a"), (b"x-request-id", b"b"), (b"x-o", b"1")]
+    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": headers}
+    sent = _drive(
+        app,
+        scope,
+        [{"type": "http.request", "body": b'{"in', "more_body": True}, {"type": "http.request", "body": b'puts"}'}],
+    )
+    assert ingress.headers == [{"content-type": "application/json", "x-request-id": "a"}]  # first of repeated
+    assert sent[0]["status"] == 429
+    assert (b"retry-after", b"2") in sent[0]["headers"] and (b"content-length", b"10") in sent[0]["headers"]
+    assert sent[1] == {"type": "http.response.body", "body": b'{"inputs"}'}
+    assert fastapi_calls == []
+
+    for method, path in (("GET", "/v1/classify"), ("POST", "/v1/models"), ("POST", "/v1/classify/")):
+        _drive(app, {**scope, "method": method, "path": path}, [])
+    _drive(app, {"type": "lifespan"}, [])
+    assert fastapi_calls == ["GET /v1/classify", "POST /v1/models", "POST /v1/classify/", "None None"]
+
+
+def test_a_client_gone_before_its_body_is_not_answered() -> None:
+    from serving.ingress import ClassifyFirst
+
+    async def fastapi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("not for FastAPI")
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": []}
+    app = ClassifyFirst(_Answering(), fastapi)  # type: ignore[arg-type]
+    assert (
+        _drive(app, scope, [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}])
+        == []
+    )
