@@ -34,6 +34,7 @@ import yaml
 
 from loadtests import free_port
 from loadtests.driver import LoadDriver
+from loadtests.scenarios import send_order
 from loadtests.stats import percentile, stage_stats
 from serving.process import ChildProcess, GatewayProcess, wait_until_ready
 
@@ -201,12 +202,14 @@ def measure_row(driver: LoadDriver, url: str, server: str, route: str, s: Servin
 
 
 def offline_teacher_texts_per_s(settings: ServingPathSettings, texts: list[str], batch: int = 32) -> float:
-    """The teacher's own throughput in this process at the gateway's batch size and threads (median of 5)."""
+    """The teacher's own throughput in this process at the gateway's batch size and threads (median of 5),
+    on the texts in the order the load sends them (``send_order``: batches pad as the gateway's do)."""
     from serving.backends import load_backend
     from serving.model_ref import resolve_model
 
     backend = load_backend(resolve_model(settings.teacher), threads=settings.model_threads)
-    batches = [texts[i : i + batch] for i in range(0, min(len(texts), 20 * batch), batch)]
+    sent = [texts[i] for i in send_order(len(texts))]
+    batches = [sent[i : i + batch] for i in range(0, min(len(sent), 20 * batch), batch)]
     backend.logits(batches[0])  # warm-up
     rates = []
     for _ in range(5):

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 from locust import FastHttpUser, LoadTestShape, constant, constant_throughput, events, task
 
-from loadtests.scenarios import scenario_stages
+from loadtests.scenarios import scenario_stages, send_order
 
 Row = tuple[int, str, str | None]  # (index in its file, text, gold label)
 
@@ -79,8 +79,7 @@ class Mix:
 
         # The main mix goes through the dataset in one fixed shuffled order, so that every run (and
         # every configuration of `cascade loadtest`) sees the same texts first and covers them all.
-        self.order = list(range(len(self.main)))
-        random.Random(0).shuffle(self.order)
+        self.order = send_order(len(self.main))
         self.cursor = 0
 
     def pick(self, rng: random.Random) -> tuple[str, Row]:

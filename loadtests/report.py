@@ -235,7 +235,7 @@ and backend, no Ray); `noop_ray` = benchmarks/noop_ray_app.py (Ray Serve answeri
 the gateway's HTTP ingress); `gateway:<route>` = `cascade serve` as configured now (Ray's HAProxy
 straight to the ingress replica, the student inside it); `gateway_before:student` = the same gateway
 with Ray Serve's Python proxy and the student in its own deployment (the configuration before).
-The teacher's offline throughput (this process, batch 32, same threads):
+The teacher's offline throughput (this process, batch 32, same threads, the texts in the order the load sends them):
 **{result["teacher_offline_texts_per_s"]:.1f} texts/s**.
 
 ## Targets

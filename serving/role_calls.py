@@ -63,9 +63,10 @@ class RoleCalls:
         role_timeout = getattr(self._resilience, f"{role}_timeout_s")
         budget = role_timeout if deadline is None else min(role_timeout, deadline - time.monotonic())
         try:
-            result = await asyncio.wait_for(
-                self._call_with_retry(role, texts, time.time() + budget), timeout=max(budget, 0.0)
-            )
+            # asyncio.timeout, not wait_for: wait_for wraps the call in a task of its own, and a task
+            # per call was a visible share of the ingress's event loop at a thousand requests a second.
+            async with asyncio.timeout(max(budget, 0.0)):
+                result = await self._call_with_retry(role, texts, time.time() + budget)
         except TimeoutError:
             self._failed(role, "timeout")
             raise ModelTimeout(f"the {role} did not answer within {budget:.2f} s") from None
@@ -113,9 +114,14 @@ class RoleCalls:
         local = self.local.get(role)
         call = local.logits if local is not None else self.handles[role].logits.remote
         try:
-            parts = await asyncio.gather(*(call(texts[i : i + size], deadline) for i in range(0, len(texts), size)))
+            if len(texts) <= size:  # one chunk: no tasks to gather
+                parts = [await call(texts, deadline)]
+            else:
+                parts = await asyncio.gather(*(call(texts[i : i + size], deadline) for i in range(0, len(texts), size)))
         except BackPressureError as error:
             raise Overloaded(f"the {role} is at its queue limit; retry shortly") from error
+        if len(parts) == 1:
+            return parts[0]
         return np.concatenate([logits for logits, _ in parts], axis=0), sum(seconds for _, seconds in parts)
 
 
