@@ -140,8 +140,8 @@ def cascade_home() -> Path:
 #
 # HTTP enters through Ray's HAProxy, which sends each request straight to an ingress replica's own
 # HTTP server (direct ingress), instead of through Ray's Python proxy and a handle hop: with 32
-# closed-loop clients on route student, 67 → 127 requests/s and 25.9 → 12.6 ms of CPU per request over
-# all processes (docs/benchmarks/profile.md; 339 requests/s with the student inside the ingress).
+# closed-loop clients on route student, 164 → 372 requests/s and 11.0 → 4.6 ms of CPU per request over
+# all processes (docs/benchmarks/profile.md; 1,063 requests/s with the student inside the ingress).
 # ``http.ingress: proxy`` turns it off for a gateway that starts its own Ray. An ingress replica that
 # stops keeps answering while every HAProxy learns it is gone: Ray holds it 30 s by default, which
 # made every stop and rolling update 20 s longer (the shutdown budget); 5 s covers one broadcast.
