@@ -1,9 +1,9 @@
 """The HTTP layer: FastAPI routes and error mapping around ``serving.gateway.Gateway``, as Ray Serve's ingress.
 
-    HTTP ─▶ Ray Serve proxy ─▶ GatewayIngress (this module: routes, body reading, error shape)
-                                  └─ Gateway (serving.gateway: validate, cascade, metrics, log, shadow)
-                                       ├─handle─▶ ModelReplica "student" (serving.replica)
-                                       └─handle─▶ ModelReplica "teacher"
+    HTTP ─▶ front HAProxy ─▶ Ray's HAProxy ─▶ GatewayIngress (this module: routes, body reading, error shape)
+                                                └─ Gateway (serving.gateway: validate, cascade, metrics, log, shadow)
+                                                     ├─handle─▶ ModelReplica "student" (or in this process)
+                                                     └─handle─▶ ModelReplica "teacher" (serving.replica)
 
 Errors map to the one body shape here, through ``serving.errors.error_response``.
 
