@@ -23,6 +23,7 @@ from typing import Any, cast
 from ray import serve
 from ray.serve import Deployment
 
+from serving import constants as c
 from serving.config import AuthSettings, GatewayConfig, ModelSettings, load_config
 from serving.errors import ConfigError
 from serving.ingress import GatewayIngress
@@ -45,6 +46,7 @@ def _role_summary(ref: ModelRef, settings: ModelSettings) -> dict[str, Any]:
         "backend": backend_name(ref, settings),
         "device": settings.device,
         "max_batch_size": settings.batching.max_batch_size,
+        "calls_in_flight": c.CALLS_IN_FLIGHT_PER_REPLICA * settings.deployment.most_replicas,
         "placement": "ingress" if settings.colocate else "deployment",
     }
 

@@ -291,6 +291,13 @@ class DeploymentSettings(_Strict):
     def _autoscaling(cls, value: Any) -> dict[str, Any] | None:
         return None if value is None else _ray_autoscaling(value)
 
+    @property
+    def most_replicas(self) -> int:
+        """The most replicas this deployment may run: ``num_replicas``, or the autoscaler's ``max_replicas``."""
+        if self.autoscaling is None:
+            return self.num_replicas
+        return int(self.autoscaling.get("max_replicas", 1))
+
     def ray_options(self, name: str) -> dict[str, Any]:
         """The keyword arguments of ``Deployment.options`` that these settings stand for."""
         options: dict[str, Any] = {

@@ -65,6 +65,10 @@ DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.0
 itself (the model runs off the event loop meanwhile); a lone request is not held back. A 5 ms wait
 cost every single request 5 ms more (measured by hand, one request at a time through the gateway with
 the student inside the ingress: p50 11 → 4 ms)."""
+CALLS_IN_FLIGHT_PER_REPLICA = 2
+"""Calls one ingress keeps out to a remote role, per replica the role may run: one batch computing and
+one waiting on each replica, so no replica idles between batches. Callers beyond that wait and share
+the next call (``serving.coalescing``): fewer, fuller calls."""
 DEFAULT_MODEL_MAX_ONGOING_REQUESTS = 64
 DEFAULT_MODEL_MAX_QUEUED_REQUESTS = 1_024
 DEFAULT_THREADS = 1

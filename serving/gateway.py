@@ -125,7 +125,7 @@ class Gateway:
         self._versions = {role: roles[role]["version"] for role in ROLES if role in roles}
         self._limits = LimitSettings.model_validate(user_config.get("limits", {}))
         self._resilience = ResilienceSettings.model_validate(user_config.get("resilience", {}))
-        self._calls.configure(self._resilience, {role: summary["max_batch_size"] for role, summary in roles.items()})
+        self._calls.configure(self._resilience, roles)
         auth = user_config.get("auth")
         self._auth.configure(AuthSettings.model_validate(auth) if isinstance(auth, dict) else None)
         self._shadow = ShadowSettings.model_validate(user_config.get("shadow", {}))

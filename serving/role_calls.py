@@ -4,7 +4,8 @@ A breaker per role (``router.breaker``) refuses at once while the role is failin
 call that waits too long (the role's, or less when the request's deadline is nearer), a replica that
 died is retried once, and each failure becomes one of ``serving.errors``' service errors, which the
 cascade turns into a degraded answer or the ingress into a 503/504 with ``Retry-After``. Texts go in
-chunks that fit the role's batch, each carrying its deadline to the replica.
+chunks that fit the role's batch, each carrying its deadline to the replica; chunks for a remote role
+from concurrent requests share calls (``serving.coalescing``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,8 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from router.breaker import CircuitBreaker
+from serving import constants as c
+from serving.coalescing import Answer, Coalescer
 from serving.config import ResilienceSettings
 from serving.errors import ModelError, ModelTimeout, ModelUnavailable, Overloaded
 from serving.metrics import GatewayMetrics
@@ -43,13 +47,31 @@ class RoleCalls:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._resilience: ResilienceSettings | None = None
         self._batch_sizes: dict[str, int] = {}
+        self._coalescers: dict[str, Coalescer] = {}
 
-    def configure(self, settings: ResilienceSettings, batch_sizes: dict[str, int]) -> None:
-        """Timeouts and batch sizes apply at once; the breakers start over (closed) only when their settings change."""
+    def configure(self, settings: ResilienceSettings, roles: dict[str, dict[str, Any]]) -> None:
+        """Timeouts, batch sizes and calls in flight apply at once; breakers start over only when their settings change.
+
+        ``roles`` is the ingress's view of each role (``serving.application``'s role summary).
+        """
         if self._resilience is None or settings.breaker != self._resilience.breaker:
             self.breakers = {role: CircuitBreaker(settings.breaker.failures, settings.breaker.open_s) for role in ROLES}
         self._resilience = settings
-        self._batch_sizes = batch_sizes
+        self._batch_sizes = {role: summary["max_batch_size"] for role, summary in roles.items()}
+        for role, summary in roles.items():
+            in_flight = summary.get("calls_in_flight", c.CALLS_IN_FLIGHT_PER_REPLICA)
+            coalescer = self._coalescers.get(role)
+            if coalescer is None:
+                shared = (BackPressureError, *_REPLICA_GONE)  # about the call, not the texts: every caller gets it
+                self._coalescers[role] = Coalescer(self._remote(role), self._batch_sizes[role], in_flight, shared)
+            else:
+                coalescer.max_texts, coalescer.in_flight = self._batch_sizes[role], in_flight
+
+    def _remote(self, role: str) -> Callable[[list[str], float | None], Awaitable[Answer]]:
+        async def send(texts: list[str], deadline: float | None) -> Answer:
+            return await self.handles[role].logits.remote(texts, deadline)
+
+        return send
 
     async def call(self, role: str, texts: list[str], deadline: float | None = None) -> tuple[np.ndarray, float]:
         """Send ``texts`` to a role, guarded (module docstring); its logits and the compute seconds they used."""
@@ -112,7 +134,7 @@ class RoleCalls:
         """
         size = self._batch_sizes[role]
         local = self.local.get(role)
-        call = local.logits if local is not None else self.handles[role].logits.remote
+        call = local.logits if local is not None else self._coalescers[role].call
         try:
             if len(texts) <= size:  # one chunk: no tasks to gather
                 parts = [await call(texts, deadline)]
