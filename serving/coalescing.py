@@ -56,7 +56,7 @@ class Coalescer:
 
     @property
     def calls_out(self) -> int:
-        """Calls sent and not yet answered (for tests and operators)."""
+        """Calls sent and not yet answered."""
         return self._running
 
     async def call(self, texts: list[str], deadline: float | None) -> Answer:

@@ -21,7 +21,6 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from router.breaker import CircuitBreaker
-from serving import constants as c
 from serving.coalescing import Answer, Coalescer
 from serving.config import ResilienceSettings
 from serving.errors import ModelError, ModelTimeout, ModelUnavailable, Overloaded
@@ -59,7 +58,7 @@ class RoleCalls:
         self._resilience = settings
         self._batch_sizes = {role: summary["max_batch_size"] for role, summary in roles.items()}
         for role, summary in roles.items():
-            in_flight = summary.get("calls_in_flight", c.CALLS_IN_FLIGHT_PER_REPLICA)
+            in_flight = summary["calls_in_flight"]
             coalescer = self._coalescers.get(role)
             if coalescer is None:
                 shared = (BackPressureError, *_REPLICA_GONE)  # about the call, not the texts: every caller gets it

@@ -54,6 +54,18 @@ def rows(answer: Answer) -> list[float]:
     return [float(value) for value in answer[0][:, 0]]
 
 
+async def slot_taken(
+    first: str, deadline: float | None = None, max_texts: int = 8
+) -> tuple[Role, Coalescer, asyncio.Task[Answer]]:
+    """A role that holds its calls, and a one-slot coalescer whose slot a call of ``first`` has taken."""
+    role = Role()
+    role.hold = True
+    coalescer = Coalescer(role.send, max_texts=max_texts, in_flight=1)
+    call = asyncio.create_task(coalescer.call([first], deadline))
+    await role.until_calls(1)
+    return role, coalescer, call
+
+
 @in_event_loop
 async def test_a_lone_caller_is_sent_at_once_and_alone() -> None:
     role = Role()
@@ -65,11 +77,7 @@ async def test_a_lone_caller_is_sent_at_once_and_alone() -> None:
 
 @in_event_loop
 async def test_callers_beyond_the_slots_share_the_next_call_each_getting_its_own_rows() -> None:
-    role = Role()
-    role.hold = True
-    coalescer = Coalescer(role.send, max_texts=8, in_flight=1)
-    first = asyncio.create_task(coalescer.call(["t-1"], 10.0))
-    await role.until_calls(1)
+    role, coalescer, first = await slot_taken("t-1", 10.0)
     waiting = [asyncio.create_task(coalescer.call([f"t-{i}", f"t-{i}0"], 10.0 + i)) for i in (2, 3, 4)]
     for _ in range(3):
         await asyncio.sleep(0)
@@ -86,11 +94,7 @@ async def test_callers_beyond_the_slots_share_the_next_call_each_getting_its_own
 
 @in_event_loop
 async def test_a_merged_call_holds_at_most_max_texts_and_no_caller_is_split() -> None:
-    role = Role()
-    role.hold = True
-    coalescer = Coalescer(role.send, max_texts=4, in_flight=1)
-    first = asyncio.create_task(coalescer.call(["t-0"], None))
-    await role.until_calls(1)
+    role, coalescer, first = await slot_taken("t-0", max_texts=4)
     waiting = [asyncio.create_task(coalescer.call([f"t-{i}", f"t-{i}"], None)) for i in (1, 2, 3)]
     await asyncio.sleep(0)
     for call_number in (1, 2):
@@ -104,11 +108,7 @@ async def test_a_merged_call_holds_at_most_max_texts_and_no_caller_is_split() ->
 
 @in_event_loop
 async def test_a_caller_that_stopped_waiting_is_not_sent() -> None:
-    role = Role()
-    role.hold = True
-    coalescer = Coalescer(role.send, max_texts=8, in_flight=1)
-    first = asyncio.create_task(coalescer.call(["t-1"], None))
-    await role.until_calls(1)
+    role, coalescer, first = await slot_taken("t-1")
     gone = asyncio.create_task(coalescer.call(["t-2"], None))
     kept = asyncio.create_task(coalescer.call(["t-3"], None))
     await asyncio.sleep(0)
@@ -124,11 +124,7 @@ async def test_a_caller_that_stopped_waiting_is_not_sent() -> None:
 
 @in_event_loop
 async def test_texts_that_break_the_model_fail_only_their_caller() -> None:
-    role = Role()
-    role.hold = True
-    coalescer = Coalescer(role.send, max_texts=8, in_flight=1)
-    first = asyncio.create_task(coalescer.call(["t-1"], None))
-    await role.until_calls(1)
+    role, coalescer, first = await slot_taken("t-1")
     good = asyncio.create_task(coalescer.call(["t-2"], None))
     bad = asyncio.create_task(coalescer.call(["bad-3"], None))
     await asyncio.sleep(0)
