@@ -27,6 +27,7 @@ from typing import Any
 
 from serving.constants import RAY_ENVIRONMENT_DEFAULTS, new_ray_haproxy_folder, ray_haproxy_environment
 from serving.front_proxy import free_local_port
+from serving.lifecycle import release_ray_haproxy
 
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
 
@@ -176,7 +177,7 @@ class LocalCluster:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(1)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-        shutil.rmtree(self.haproxy_folder, ignore_errors=True)
+        release_ray_haproxy(self.haproxy_folder)
 
 
 def _marker(name: str) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,50 @@ def choose_ingress(ingress: str) -> Path | None:
     folder = c.new_ray_haproxy_folder()
     os.environ.update(c.ray_haproxy_environment(folder, free_local_port(), free_local_port()))
     return folder
+
+
+def release_ray_haproxy(folder: Path, *, timeout_s: float = 5.0) -> list[int]:
+    """End any HAProxy still running on ``folder``'s config once its Ray has stopped; remove the folder.
+
+    Ray starts its HAProxy as ``haproxy -db -f <folder>/haproxy.cfg`` and, on a reload, a new one that
+    takes over from the old (``-sf``). A takeover signal that is lost, or a Ray that stops while a
+    reload is under way, leaves an HAProxy behind with no parent (seen once after a CI run). Returns
+    the process ids it had to end.
+    """
+    config = str(folder / "haproxy.cfg")
+    leftovers = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        if config.encode() in arguments and any(part.endswith(b"haproxy") for part in arguments[:1]):
+            leftovers.append(int(entry.name))
+    for signal_number, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, timeout_s)):
+        alive = [pid for pid in leftovers if _signal(pid, signal_number)]
+        deadline = time.monotonic() + wait_s
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+            alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)]
+        if not alive:
+            break
+    shutil.rmtree(folder, ignore_errors=True)
+    return leftovers
+
+
+def _signal(pid: int, signal_number: int) -> bool:
+    try:
+        os.kill(pid, signal_number)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def serve_gateway(
@@ -180,8 +226,8 @@ def serve_gateway(
             serve.delete(c.DIRECT_STUDENT_APP_NAME)
         ray.shutdown()
         if haproxy_folder is not None:
-            shutil.rmtree(haproxy_folder, ignore_errors=True)
+            release_ray_haproxy(haproxy_folder)
         print("cascade-gateway stopped", flush=True)
 
 
-__all__ = ["choose_ingress", "serve_gateway"]
+__all__ = ["choose_ingress", "release_ray_haproxy", "serve_gateway"]

@@ -29,13 +29,11 @@ def ray_session() -> Iterator[int]:
     Set up as ``cascade serve`` sets up its own: HTTP through Ray's HAProxy (direct ingress), with
     that HAProxy's files and ports apart from any gateway the tests start beside it.
     """
-    import shutil
-
     import ray
     from ray import serve
 
     from serving.constants import apply_ray_environment_defaults
-    from serving.lifecycle import choose_ingress
+    from serving.lifecycle import choose_ingress, release_ray_haproxy
 
     apply_ray_environment_defaults()
     haproxy_folder = choose_ingress("haproxy")
@@ -55,7 +53,7 @@ def ray_session() -> Iterator[int]:
         serve.shutdown()
         ray.shutdown()
         if haproxy_folder is not None:
-            shutil.rmtree(haproxy_folder, ignore_errors=True)
+            release_ray_haproxy(haproxy_folder)
 
 
 @pytest.fixture(scope="session")

@@ -70,3 +70,30 @@ def test_haproxy_accepts_the_generated_config(tmp_path: Path) -> None:
     check = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert "Warnings were found" not in check.stdout, check.stderr
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (.ci/run installs it)")
+def test_a_haproxy_left_on_a_stopped_rays_folder_is_ended_and_no_other(tmp_path: Path) -> None:
+    from loadtests import free_port
+    from serving.lifecycle import release_ray_haproxy
+
+    def start(folder: Path) -> subprocess.Popen[bytes]:
+        folder.mkdir()
+        config = folder / "haproxy.cfg"
+        config.write_text(
+            f"defaults\n  mode http\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n"
+            f"frontend f\n  bind 127.0.0.1:{free_port()}\n  http-request return status 200\n",
+            encoding="utf-8",
+        )
+        return subprocess.Popen(["haproxy", "-db", "-f", str(config)], start_new_session=True)
+
+    left, other = start(tmp_path / "stopped-ray"), start(tmp_path / "running-ray")
+    try:
+        assert release_ray_haproxy(tmp_path / "stopped-ray") == [left.pid]
+        assert left.wait(timeout=10) is not None
+        assert not (tmp_path / "stopped-ray").exists()
+        assert other.poll() is None  # another Ray's HAProxy keeps running
+    finally:
+        for process in (left, other):
+            process.kill()
+            process.wait(timeout=10)
