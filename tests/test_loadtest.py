@@ -220,6 +220,7 @@ def test_side_by_side_smoke_run_measures_the_gateway_beside_both_references(
         texts_per_request=(1, 32),
         seconds=4,
         warmup_seconds=1,
+        min_requests=20,
         p99_target_ms=10_000,
         single_requests=40,
         threshold=0.6,
@@ -246,3 +247,33 @@ def test_side_by_side_smoke_run_measures_the_gateway_beside_both_references(
         "single_request_p50_gap_ms",
         "teacher_vs_offline_batch_32",
     }
+
+
+class _ScriptedDriver:
+    """A load driver whose rungs answer at a fixed rate: what the rung logic sees, without Locust."""
+
+    def __init__(self, requests_per_s: float) -> None:
+        self.requests_per_s = requests_per_s
+        self.runs: list[float] = []
+
+    def locust(self, url: str, *, seconds: float, **_: object) -> tuple[list[dict[str, object]], float]:
+        self.runs.append(seconds)
+        count = int(seconds * self.requests_per_s)
+        records = [
+            {"t": i / self.requests_per_s, "status": 200, "ms": 50.0, "escalated": [False]} for i in range(count)
+        ]
+        return records, 0.0
+
+
+@pytest.mark.parametrize(
+    ("requests_per_s", "expected_runs"),
+    [(100.0, [10.0]), (4.0, [10.0, 60.0]), (20.0, [10.0, 2.0 + 1.2 * 8.0 * 200 / 160])],
+)
+def test_a_rung_with_too_few_requests_runs_again_for_longer(requests_per_s: float, expected_runs: list[float]) -> None:
+    from benchmarks.serving_path import ServingPathSettings, _closed_loop
+
+    driver = _ScriptedDriver(requests_per_s)
+    settings = ServingPathSettings(teacher="t", student="s", seconds=10.0, warmup_seconds=2.0, min_requests=200)
+    rung = _closed_loop(driver, "http://x", "teacher", 4, 1, settings)  # type: ignore[arg-type]
+    assert driver.runs == pytest.approx(expected_runs)
+    assert rung.requests_per_s == pytest.approx(requests_per_s, rel=0.05)

@@ -119,6 +119,7 @@ def _loadtest(args: argparse.Namespace) -> int:
             texts_per_request=tuple(args.texts_per_request_sizes),
             seconds=args.rung_seconds,
             warmup_seconds=args.warmup_seconds,
+            min_requests=args.rung_min_requests,
             p99_target_ms=args.p99_target_ms,
             single_requests=args.overhead_requests,
             threshold=args.threshold,
@@ -245,6 +246,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="side by side: texts per request to measure",
     )
     load.add_argument("--rung-seconds", type=float, default=10.0, help="side by side: seconds per rung")
+    load.add_argument(
+        "--rung-min-requests",
+        type=int,
+        default=200,
+        help="side by side: a rung that measured fewer requests runs again for longer (at most 60 s)",
+    )
     load.add_argument(
         "--servers",
         nargs="+",
