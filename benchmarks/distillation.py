@@ -36,6 +36,9 @@ class DatasetPlan:
     name: str
     train_limit: int | None = None
     """Subsample the training split to this many rows (stated in the results)."""
+    bag_transfer: bool = False
+    """The bag student also imitates the teacher on the rows the subsample left out, their labels dropped
+    (a transfer set: what re-distillation does with logged traffic). Cheap for the bag student only."""
     teacher: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=8, learning_rate=2e-4, patience=2))
     layer_student: TrainSettings = field(
         default_factory=lambda: TrainSettings(epochs=8, learning_rate=3e-4, temperature=2.0, alpha=0.5, patience=2)
@@ -85,23 +88,27 @@ EARLY_STOP_SHARE, EARLY_STOP_MAX_ROWS = 0.1, 1_000
 """The early-stopping slice: 10% of the (subsampled) training split, at most 1,000 rows, seed 0."""
 
 
-def _subsample(path: Path, limit: int | None, work: Path) -> Path:
+def _subsample(path: Path, limit: int | None, work: Path) -> tuple[Path, Path | None]:
+    """The subsample (seed 0) and the rows it left out, or ``path`` and None without a limit."""
     if limit is None:
-        return path
-    lines = path.read_text(encoding="utf-8").splitlines()
+        return path, None
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(lines) <= limit:
-        return path
-    chosen = random.Random(0).sample(lines, limit)
-    target = work / f"{path.stem}.sample{limit}.jsonl"
-    target.write_text("\n".join(chosen) + "\n", encoding="utf-8")
-    return target
+        return path, None
+    picked = random.Random(0).sample(range(len(lines)), limit)  # the same rows, in the same order, as sample(lines)
+    chosen = set(picked)
+    target, rest = work / f"{path.stem}.sample{limit}.jsonl", work / f"{path.stem}.left-out-of-{limit}.jsonl"
+    target.write_text("".join(lines[i] + "\n" for i in picked), encoding="utf-8")
+    rest.write_text("".join(lines[i] + "\n" for i in range(len(lines)) if i not in chosen), encoding="utf-8")
+    return target, rest
 
 
 def run_dataset(plan: DatasetPlan, datasets: Path, work: Path, threads: int) -> dict[str, Any]:
     folder = datasets / plan.name
     work = work / plan.name
     work.mkdir(parents=True, exist_ok=True)
-    sampled = _subsample(folder / "train.jsonl", plan.train_limit, work)
+    sampled, left_out = _subsample(folder / "train.jsonl", plan.train_limit, work)
+    transfer = left_out if plan.bag_transfer else None
     rows = sum(1 for line in sampled.open(encoding="utf-8") if line.strip())
     train, early_stop = split_jsonl(sampled, min(EARLY_STOP_MAX_ROWS, int(rows * EARLY_STOP_SHARE)), 0, work)
     dev = folder / "dev.jsonl"
@@ -133,6 +140,7 @@ def run_dataset(plan: DatasetPlan, datasets: Path, work: Path, threads: int) -> 
         options(f"{plan.name}-student-bag", plan.bag_student),
         shape="bag_of_embeddings",
         dev_path=early_stop,
+        transfer_path=transfer,
     )
     timings["student_bag_s"] = time.perf_counter() - started
 
@@ -146,6 +154,7 @@ def run_dataset(plan: DatasetPlan, datasets: Path, work: Path, threads: int) -> 
         "dataset": plan.name,
         "train_rows": sum(1 for _ in train.open(encoding="utf-8")),
         "train_subsampled_to": plan.train_limit,
+        "bag_transfer_rows": sum(1 for _ in transfer.open(encoding="utf-8")) if transfer else 0,
         "early_stop_rows": sum(1 for _ in early_stop.open(encoding="utf-8")),
         "settings": {
             "teacher": asdict(plan.teacher),

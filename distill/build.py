@@ -21,6 +21,7 @@ import torch
 from distill.data import Dataset, read_jsonl
 from distill.export import export_onnx
 from distill.training import (
+    NO_LABEL,
     TrainingData,
     TrainSettings,
     accuracy,
@@ -168,6 +169,7 @@ def distill_student(
     bag_hidden_size: int = 256,
     dev_path: str | Path | None = None,
     use_hard_labels: bool = True,
+    transfer_path: str | Path | None = None,
 ) -> Manifest:
     """Distil a student from a teacher artifact; soft targets from the teacher.
 
@@ -176,6 +178,9 @@ def distill_student(
     ``bag_of_embeddings`` is the much cheaper averaged-embeddings model (``serving.architectures``).
     The teacher's logits on the training texts are computed once, before training, and reused every
     epoch. Lines without a label are fine when ``use_hard_labels`` is false (soft targets only).
+    ``transfer_path``: more texts (labels, if any, are ignored) that the student learns from the
+    teacher's answers alone: Hinton et al.'s transfer set. Unlabelled traffic is cheap, and a small
+    student imitates the teacher better on more of the inputs it will see.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -189,10 +194,12 @@ def distill_student(
     dev_data = read_jsonl(dev_path, known_labels=labels) if dev_path else None
     if use_hard_labels and any(label is None for label in train_data.labels):
         raise DataError(str(train_path), 0, "hard labels requested but some rows have none")
+    transfer_data = read_jsonl(transfer_path, require_labels=False) if transfer_path else None
     seed_everything(options.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(teacher_ref.location)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_ref.location).eval()
-    input_ids, attention_mask = tokenize(tokenizer, train_data.texts, options.max_length)
+    texts = train_data.texts + (transfer_data.texts if transfer_data else [])
+    input_ids, attention_mask = tokenize(tokenizer, texts, options.max_length)
     teacher_logits = predict_logits(teacher, input_ids, attention_mask)
     if shape == "teacher_layers":
         student = student_from_teacher_layers(teacher, layers, width)
@@ -209,7 +216,9 @@ def distill_student(
     data = TrainingData(
         input_ids,
         attention_mask,
-        labels=torch.tensor(train_data.label_ids(labels)) if use_hard_labels else None,
+        labels=torch.tensor(train_data.label_ids(labels) + [NO_LABEL] * (len(texts) - len(train_data)))
+        if use_hard_labels
+        else None,
         teacher_logits=teacher_logits,
     )
     with staged_folder(Path(output), overwrite=options.overwrite) as staging:
@@ -225,6 +234,7 @@ def distill_student(
                 "teacher": teacher_ref.version,
                 "shape": shape_summary,
                 "train": _summary(train_data),
+                "transfer": {"source": transfer_data.source, "rows": len(transfer_data)} if transfer_data else None,
                 "dev": _summary(dev_data) if dev_data else None,
                 "hard_labels": use_hard_labels,
                 "settings": vars(options.train),

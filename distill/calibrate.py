@@ -273,7 +273,8 @@ def write_calibration(student_folder: Path, report: CalibrationReport) -> None:
 
 
 def seen_in_training(data_path: str | Path, *models: ModelRef) -> list[str]:
-    """Warnings for each model whose manifest says ``data_path`` trained or early-stopped it.
+    """Warnings for each model whose manifest says ``data_path`` trained (as its training or transfer
+    texts) or early-stopped it.
 
     Thresholds chosen on such data promise too much: on it the student looks closer to the teacher
     than it is on new traffic.
@@ -282,7 +283,7 @@ def seen_in_training(data_path: str | Path, *models: ModelRef) -> list[str]:
     warnings = []
     for model in models:
         training = model.manifest.training if model.manifest is not None else {}
-        for step, word in (("dev", "early-stopped"), ("train", "trained")):
+        for step, word in (("dev", "early-stopped"), ("train", "trained"), ("transfer", "trained")):
             source = (training.get(step) or {}).get("source")
             if source and Path(source).resolve() == target:
                 warnings.append(

@@ -32,6 +32,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+NO_LABEL = -100
+"""The label id of a row without a gold label (a transfer text): only the teacher's soft target trains on it."""
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor | None,
@@ -42,15 +46,18 @@ def distillation_loss(
 ) -> torch.Tensor:
     """``alpha * T² * KL(teacher_T ‖ student_T) + (1 - alpha) * CE(student, labels)``.
 
-    With ``labels=None`` the soft term alone; with ``teacher_logits=None`` the hard term alone.
+    With ``labels=None`` the soft term alone; with ``teacher_logits=None`` the hard term alone. Rows
+    labelled ``NO_LABEL`` add to the soft term only; the hard term averages over the labelled rows.
     """
+    if labels is not None and bool((labels == NO_LABEL).all()):
+        labels = None
     if teacher_logits is None and labels is None:
         raise ValueError("distillation_loss needs teacher logits, labels, or both")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    hard = F.cross_entropy(student_logits, labels) if labels is not None else None
+    hard = F.cross_entropy(student_logits, labels, ignore_index=NO_LABEL) if labels is not None else None
     if teacher_logits is None:
         assert hard is not None
         return hard
@@ -129,14 +136,19 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[tor
 def predict_logits(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 64
 ) -> torch.Tensor:
+    """Logits in the rows' order; rows are batched by length so that each batch trims its padding."""
     model.eval()
+    order = torch.argsort(attention_mask.sum(dim=1), stable=True)
     parts = []
     for start in range(0, input_ids.shape[0], batch_size):
-        ids = input_ids[start : start + batch_size]
-        mask = attention_mask[start : start + batch_size]
+        rows = order[start : start + batch_size]
+        mask = attention_mask[rows]
         width = int(mask.sum(dim=1).max())  # trim shared padding: much cheaper on short texts
-        parts.append(model(input_ids=ids[:, :width], attention_mask=mask[:, :width]).logits.float())
-    return torch.cat(parts)
+        parts.append(model(input_ids=input_ids[rows][:, :width], attention_mask=mask[:, :width]).logits.float())
+    logits = torch.cat(parts)
+    restored = torch.empty_like(logits)
+    restored[order] = logits
+    return restored
 
 
 @dataclass

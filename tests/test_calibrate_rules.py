@@ -92,3 +92,7 @@ def test_calibrating_on_a_models_own_early_stopping_file_is_flagged(tiny_pair: T
     warnings = seen_in_training(tiny_pair.data, resolve_model(str(tiny_pair.teacher)), student_ref)
     assert len(warnings) == 1 and "early-stopped" in warnings[0] and "cascade split" in warnings[0]
     assert seen_in_training(tmp_path / "other.jsonl", student_ref) == []
+    manifest["training"]["transfer"] = {"source": str(tmp_path / "logged.jsonl"), "rows": 6}
+    manifest_path.write_text(json.dumps(manifest))
+    warnings = seen_in_training(tmp_path / "logged.jsonl", resolve_model(str(student)))
+    assert len(warnings) == 1 and "trained" in warnings[0]  # a transfer file trained the student too

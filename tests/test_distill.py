@@ -12,7 +12,13 @@ from transformers import AutoModelForSequenceClassification
 
 from distill.build import BuildOptions, distill_student, staged_folder
 from distill.data import read_jsonl
-from distill.training import TrainSettings, distillation_loss, student_from_teacher_layers
+from distill.training import (
+    NO_LABEL,
+    TrainSettings,
+    distillation_loss,
+    predict_logits,
+    student_from_teacher_layers,
+)
 from serving.errors import ArtifactError, DataError
 from serving.model_ref import resolve_model
 from tests.builders import LABELS, TinyPair
@@ -38,6 +44,42 @@ def test_alpha_mixes_soft_and_hard() -> None:
     assert float(mixed) == pytest.approx(0.3 * float(soft) + 0.7 * float(hard), rel=1e-5)
     with pytest.raises(ValueError, match="alpha"):
         distillation_loss(student, teacher, labels, temperature=2.0, alpha=1.5)
+
+
+def test_rows_without_a_label_train_on_the_teacher_alone() -> None:
+    torch.manual_seed(0)
+    student, teacher = torch.randn(4, 3), torch.randn(4, 3)
+    labels = torch.tensor([0, NO_LABEL, 2, NO_LABEL])
+    soft = distillation_loss(student, teacher, None, temperature=2.0, alpha=1.0)
+    hard_on_labelled = torch.nn.functional.cross_entropy(student[[0, 2]], labels[[0, 2]])
+    mixed = distillation_loss(student, teacher, labels, temperature=2.0, alpha=0.3)
+    assert float(mixed) == pytest.approx(0.3 * float(soft) + 0.7 * float(hard_on_labelled), rel=1e-5)
+    unlabelled = torch.full((4,), NO_LABEL)
+    assert float(distillation_loss(student, teacher, unlabelled, temperature=2.0, alpha=0.3)) == pytest.approx(
+        float(soft), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="teacher logits, labels, or both"):
+        distillation_loss(student, None, unlabelled, temperature=2.0, alpha=0.3)
+
+
+def test_predictions_come_back_in_the_rows_order_whatever_their_lengths(tiny_pair: TinyPair) -> None:
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_pair.teacher).eval()
+    torch.manual_seed(1)
+    ids = torch.randint(1000, 2000, (7, 9))
+    mask = torch.zeros(7, 9, dtype=torch.long)
+    for row, length in enumerate([9, 2, 5, 1, 9, 3, 7]):
+        mask[row, :length] = 1
+    batched = predict_logits(model, ids, mask, batch_size=3)
+    with torch.inference_mode():
+        one_by_one = torch.cat(
+            [
+                model(
+                    input_ids=ids[i : i + 1, : int(mask[i].sum())], attention_mask=mask[i : i + 1, : int(mask[i].sum())]
+                ).logits
+                for i in range(7)
+            ]
+        )
+    assert torch.allclose(batched, one_by_one, atol=1e-5)
 
 
 def test_student_starts_from_the_chosen_teacher_layers(tiny_pair: TinyPair) -> None:
@@ -127,6 +169,19 @@ def test_distilled_student_is_a_servable_artifact(tiny_pair: TinyPair, tmp_path:
     assert manifest.metrics["onnx_fp32_max_abs_prob_diff"] <= 1e-4
     assert len(manifest.training["history"]) >= 1
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["role"] == "student"
+
+
+def test_transfer_texts_train_the_student_on_the_teachers_answers(tiny_pair: TinyPair, tmp_path: Path) -> None:
+    transfer = _write(tmp_path / "transfer.jsonl", ['{"text": "where is my card"}', '{"text": "rain today?"}'] * 4)
+    options = BuildOptions(name="s", max_length=16, onnx=False, train=TrainSettings(epochs=1, batch_size=4))
+    plain = distill_student(tiny_pair.teacher, tiny_pair.data, tmp_path / "plain", options, layers=[0])
+    more = distill_student(
+        tiny_pair.teacher, tiny_pair.data, tmp_path / "more", options, layers=[0], transfer_path=transfer
+    )
+    assert plain.training["transfer"] is None
+    assert more.training["transfer"] == {"source": str(transfer), "rows": 8}
+    steps = {name: manifest.training["history"][0]["loss"] for name, manifest in (("plain", plain), ("more", more))}
+    assert steps["plain"] != steps["more"]  # the transfer rows really entered training
 
 
 def test_a_fixed_seed_reproduces_a_run(tiny_pair: TinyPair, tmp_path: Path) -> None:

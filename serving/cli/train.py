@@ -86,6 +86,7 @@ def _distill(args: argparse.Namespace) -> int:
         width=args.width,
         dev_path=args.dev,
         use_hard_labels=not args.soft_only,
+        transfer_path=args.transfer,
     )
     print(f"student {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
     _say_what_to_calibrate_on(args.dev)
@@ -300,6 +301,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     distill.add_argument("--temperature", type=float, default=2.0, help="soft-target temperature T")
     distill.add_argument("--alpha", type=float, default=0.5, help="weight of the soft loss against the hard loss")
     distill.add_argument("--soft-only", action="store_true", help="no hard labels: teacher outputs only")
+    distill.add_argument(
+        "--transfer",
+        type=Path,
+        help="more texts (JSONL, labels ignored) the student learns from the teacher's answers alone",
+    )
     _add_training_arguments(distill, epochs=10, lr=2e-4)
     distill.set_defaults(func=_distill)
 
