@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from distill.augment import augmented_texts
 from distill.data import Dataset, read_jsonl
 from distill.export import export_onnx
 from distill.training import (
@@ -170,6 +171,7 @@ def distill_student(
     dev_path: str | Path | None = None,
     use_hard_labels: bool = True,
     transfer_path: str | Path | None = None,
+    augment: int = 0,
 ) -> Manifest:
     """Distil a student from a teacher artifact; soft targets from the teacher.
 
@@ -180,7 +182,9 @@ def distill_student(
     epoch. Lines without a label are fine when ``use_hard_labels`` is false (soft targets only).
     ``transfer_path``: more texts (labels, if any, are ignored) that the student learns from the
     teacher's answers alone: Hinton et al.'s transfer set. Unlabelled traffic is cheap, and a small
-    student imitates the teacher better on more of the inputs it will see.
+    student imitates the teacher better on more of the inputs it will see. ``augment``: that many
+    perturbed copies of each training text join them (``distill.augment``), for where no such texts
+    are at hand.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -198,7 +202,10 @@ def distill_student(
     seed_everything(options.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(teacher_ref.location)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_ref.location).eval()
-    texts = train_data.texts + (transfer_data.texts if transfer_data else [])
+    augmented = augmented_texts(
+        train_data.texts, augment, mask_token=tokenizer.mask_token or tokenizer.unk_token, seed=options.train.seed
+    )
+    texts = train_data.texts + (transfer_data.texts if transfer_data else []) + augmented
     input_ids, attention_mask = tokenize(tokenizer, texts, options.max_length)
     teacher_logits = predict_logits(teacher, input_ids, attention_mask)
     if shape == "teacher_layers":
@@ -235,6 +242,7 @@ def distill_student(
                 "shape": shape_summary,
                 "train": _summary(train_data),
                 "transfer": {"source": transfer_data.source, "rows": len(transfer_data)} if transfer_data else None,
+                "augmented": {"copies_per_text": augment, "rows": len(augmented)} if augment else None,
                 "dev": _summary(dev_data) if dev_data else None,
                 "hard_labels": use_hard_labels,
                 "settings": vars(options.train),

@@ -178,10 +178,12 @@ def test_transfer_texts_train_the_student_on_the_teachers_answers(tiny_pair: Tin
     more = distill_student(
         tiny_pair.teacher, tiny_pair.data, tmp_path / "more", options, layers=[0], transfer_path=transfer
     )
-    assert plain.training["transfer"] is None
+    assert plain.training["transfer"] is None and plain.training["augmented"] is None
     assert more.training["transfer"] == {"source": str(transfer), "rows": 8}
     steps = {name: manifest.training["history"][0]["loss"] for name, manifest in (("plain", plain), ("more", more))}
     assert steps["plain"] != steps["more"]  # the transfer rows really entered training
+    augmented = distill_student(tiny_pair.teacher, tiny_pair.data, tmp_path / "aug", options, layers=[0], augment=3)
+    assert 0 < augmented.training["augmented"]["rows"] <= 3 * len(read_jsonl(tiny_pair.data).texts)
 
 
 def test_a_fixed_seed_reproduces_a_run(tiny_pair: TinyPair, tmp_path: Path) -> None:

@@ -87,6 +87,7 @@ def _distill(args: argparse.Namespace) -> int:
         dev_path=args.dev,
         use_hard_labels=not args.soft_only,
         transfer_path=args.transfer,
+        augment=args.augment,
     )
     print(f"student {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
     _say_what_to_calibrate_on(args.dev)
@@ -305,6 +306,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--transfer",
         type=Path,
         help="more texts (JSONL, labels ignored) the student learns from the teacher's answers alone",
+    )
+    distill.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N perturbed copies of each training text (words masked, short n-grams) learnt from the teacher alone",
     )
     _add_training_arguments(distill, epochs=10, lr=2e-4)
     distill.set_defaults(func=_distill)
