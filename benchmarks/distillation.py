@@ -71,6 +71,8 @@ PLANS = {
     ),
     # Fewer epochs where the data is larger: all three datasets must fit one 2-core session.
     # The bag student also imitates the teacher on 6 perturbed copies of each training text, in 4 epochs.
+    # Measured by hand with the same teacher: 12 copies did no better (bag 0.9068 against 0.9081 on dev;
+    # calibrated cascade 0.269 of teacher-only against 0.235).
     "clinc150": DatasetPlan(
         "clinc150",
         bag_augment=6,
