@@ -8,6 +8,7 @@ own applications when it stops. A promotion in the registry is followed by the a
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -71,19 +72,20 @@ def choose_ingress(ingress: str) -> Path | None:
 def release_ray_haproxy(folder: Path, *, timeout_s: float = 5.0) -> list[int]:
     """End any HAProxy still running on ``folder``'s config once its Ray has stopped; remove the folder.
 
-    Ray starts its HAProxy as ``haproxy -db -f <folder>/haproxy.cfg`` and, on a reload, a new one that
-    takes over from the old (``-sf``). A takeover signal that is lost, or a Ray that stops while a
+    Ray starts its HAProxy as ``haproxy -db -f <folder>/<node id>/haproxy.cfg`` and, on a reload, a
+    new one that takes over from the old (``-sf``). A takeover signal that is lost, or a Ray that stops while a
     reload is under way, leaves an HAProxy behind with no parent (seen once after a CI run). Returns
     the process ids it had to end.
     """
-    config = str(folder / "haproxy.cfg")
+    inside = f"{folder}/".encode()
     leftovers = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             arguments = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:  # ended meanwhile, or not ours to read
             continue
-        if config.encode() in arguments and any(part.endswith(b"haproxy") for part in arguments[:1]):
+        configs = [path for flag, path in itertools.pairwise(arguments) if flag == b"-f"]
+        if arguments[0].endswith(b"haproxy") and any(c.startswith(inside) and c.endswith(b".cfg") for c in configs):
             leftovers.append(int(entry.name))
     for signal_number, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, timeout_s)):
         alive = [pid for pid in leftovers if _signal(pid, signal_number)]

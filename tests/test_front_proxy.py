@@ -78,8 +78,8 @@ def test_a_haproxy_left_on_a_stopped_rays_folder_is_ended_and_no_other(tmp_path:
     from serving.lifecycle import release_ray_haproxy
 
     def start(folder: Path) -> subprocess.Popen[bytes]:
-        folder.mkdir()
-        config = folder / "haproxy.cfg"
+        (folder / "node-id").mkdir(parents=True)  # Ray puts its files in a folder per node inside ours
+        config = folder / "node-id" / "haproxy.cfg"
         config.write_text(
             f"defaults\n  mode http\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n"
             f"frontend f\n  bind 127.0.0.1:{free_port()}\n  http-request return status 200\n",
