@@ -73,9 +73,9 @@ def release_ray_haproxy(folder: Path, *, timeout_s: float = 5.0) -> list[int]:
     """End any HAProxy still running on ``folder``'s config once its Ray has stopped; remove the folder.
 
     Ray starts its HAProxy as ``haproxy -db -f <folder>/<node id>/haproxy.cfg`` and, on a reload, a
-    new one that takes over from the old (``-sf``). A takeover signal that is lost, or a Ray that stops while a
-    reload is under way, leaves an HAProxy behind with no parent (seen once after a CI run). Returns
-    the process ids it had to end.
+    new one that takes over from the old (``-sf``). A takeover signal that is lost, or a Ray that stops
+    while a reload is under way, leaves an HAProxy behind with no parent (seen after one CI run in two,
+    a reload's new process). Returns the process ids it had to end.
     """
     inside = f"{folder}/".encode()
     leftovers = []
