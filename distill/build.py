@@ -34,7 +34,7 @@ from distill.training import (
 )
 from serving.architectures import bag_of_embeddings_from_teacher, register_architectures
 from serving.artifact import Manifest, write_manifest
-from serving.errors import ArtifactError, DataError
+from serving.errors import ArtifactError, ConfigError, DataError
 from serving.model_ref import resolve_model
 
 StudentShape = Literal["teacher_layers", "bag_of_embeddings"]
@@ -168,6 +168,7 @@ def distill_student(
     layers: Sequence[int] = (0, 5),
     width: float = 1.0,
     bag_hidden_size: int = 256,
+    bag_bigram_buckets: int = 0,
     dev_path: str | Path | None = None,
     use_hard_labels: bool = True,
     transfer_path: str | Path | None = None,
@@ -177,7 +178,8 @@ def distill_student(
 
     ``shape``: ``teacher_layers`` starts from ``layers`` of the teacher (DistilBERT-style), narrower
     by ``width`` if below 1;
-    ``bag_of_embeddings`` is the much cheaper averaged-embeddings model (``serving.architectures``).
+    ``bag_of_embeddings`` is the much cheaper averaged-embeddings model (``serving.architectures``),
+    with hashed token pairs when ``bag_bigram_buckets`` is above 0.
     The teacher's logits on the training texts are computed once, before training, and reused every
     epoch. Lines without a label are fine when ``use_hard_labels`` is false (soft targets only).
     ``transfer_path``: more texts (labels, if any, are ignored) that the student learns from the
@@ -188,6 +190,11 @@ def distill_student(
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    if bag_bigram_buckets < 0 or (bag_bigram_buckets and shape != "bag_of_embeddings"):
+        raise ConfigError(
+            f"bigram buckets must be 0 (off) or, with shape bag_of_embeddings, a positive count; "
+            f"got {bag_bigram_buckets} with shape {shape}"
+        )
     if options.threads:
         torch.set_num_threads(options.threads)
     register_architectures()
@@ -212,8 +219,12 @@ def distill_student(
         student = student_from_teacher_layers(teacher, layers, width)
         shape_summary: dict[str, Any] = {"kind": shape, "layers": list(layers), "width": width}
     else:
-        student = bag_of_embeddings_from_teacher(teacher, hidden_size=bag_hidden_size)
+        student = bag_of_embeddings_from_teacher(
+            teacher, hidden_size=bag_hidden_size, bigram_buckets=bag_bigram_buckets
+        )
         shape_summary = {"kind": shape, "hidden_size": bag_hidden_size}
+        if bag_bigram_buckets:
+            shape_summary["bigram_buckets"] = bag_bigram_buckets
     dev = _labelled(dev_data, labels, tokenizer, options.max_length) if dev_data else None
     teacher_dev_accuracy = (
         accuracy(predict_logits(teacher, dev.input_ids, dev.attention_mask), dev.labels)

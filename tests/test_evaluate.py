@@ -12,6 +12,7 @@ from distill.build import BuildOptions, distill_student
 from distill.evaluate import evaluate_pair, format_table, macro_f1
 from distill.training import TrainSettings
 from serving.backends import load_backend
+from serving.errors import ConfigError
 from serving.model_ref import resolve_model
 from tests.builders import LABELS, TinyPair
 
@@ -46,3 +47,41 @@ def test_bag_of_embeddings_student_is_servable_and_reported(tiny_pair: TinyPair,
     assert report.student.accuracy == pytest.approx(float(np.mean(student == np.asarray(gold))))
     assert report.data.rows == len(texts)
     assert "agreement student-teacher" in format_table(report)
+
+
+def test_bag_with_bigrams_tells_word_order_apart_and_serves_through_onnx(tiny_pair: TinyPair, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from serving.architectures import bag_of_embeddings_from_teacher
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_pair.teacher)
+    ids = torch.tensor([[5, 6, 7, 8], [8, 7, 6, 5]])  # the same tokens, in opposite orders
+    mask = torch.ones_like(ids)
+    plain, paired = bag_of_embeddings_from_teacher(teacher, 16), bag_of_embeddings_from_teacher(teacher, 16, 101)
+    paired.classifier.load_state_dict(plain.classifier.state_dict())
+    plain.eval(), paired.eval()
+    with torch.no_grad():
+        # The pairs' projection starts at zero: at step 0 the pairs only rescale the mean (more terms
+        # in it), which the classifier's LayerNorm takes out but for its epsilon.
+        assert torch.allclose(plain(ids, mask).logits, paired(ids, mask).logits, atol=1e-3)
+        assert paired.bigram_projection is not None
+        torch.nn.init.normal_(paired.bigram_projection.weight)  # as after training
+        orders = paired(ids, mask).logits
+        plain_orders = plain(ids, mask).logits
+    assert torch.allclose(plain_orders[0], plain_orders[1], atol=1e-6)  # a plain bag cannot see order
+    assert not torch.allclose(orders[0], orders[1], atol=1e-3)
+
+    options = BuildOptions(name="tiny-bigram", max_length=16, train=TrainSettings(epochs=2, batch_size=4))
+    manifest = distill_student(
+        tiny_pair.teacher, tiny_pair.data, tmp_path / "bag", options, shape="bag_of_embeddings", bag_bigram_buckets=101
+    )
+    assert manifest.training["shape"] == {"kind": "bag_of_embeddings", "hidden_size": 256, "bigram_buckets": 101}
+    assert manifest.metrics["onnx_fp32_max_abs_prob_diff"] <= 1e-4  # the hashing exported as it trained
+    ref = resolve_model(str(tmp_path / "bag"))
+    texts = ["hello there", "there hello", "x"]
+    onnx, torch_logits = (load_backend(ref, backend=name).logits(texts) for name in ("onnx", "torch"))
+    assert np.allclose(onnx, torch_logits, atol=1e-4)
+
+    with pytest.raises(ConfigError, match="bigram buckets"):
+        distill_student(tiny_pair.teacher, tiny_pair.data, tmp_path / "layers", options, bag_bigram_buckets=101)

@@ -88,6 +88,7 @@ def _distill(args: argparse.Namespace) -> int:
         use_hard_labels=not args.soft_only,
         transfer_path=args.transfer,
         augment=args.augment,
+        bag_bigram_buckets=args.bigrams,
     )
     print(f"student {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
     _say_what_to_calibrate_on(args.dev)
@@ -313,6 +314,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=0,
         metavar="N",
         help="N perturbed copies of each training text (words masked, short n-grams) learnt from the teacher alone",
+    )
+    distill.add_argument(
+        "--bigrams",
+        type=int,
+        default=0,
+        metavar="BUCKETS",
+        help="bag_of_embeddings only: also embed adjacent token pairs hashed into BUCKETS (e.g. 100003; 0: off)",
     )
     _add_training_arguments(distill, epochs=10, lr=2e-4)
     distill.set_defaults(func=_distill)
