@@ -57,6 +57,8 @@ class ServingPathSettings:
     single_requests: int = 300
     threshold: float | None = None
     model_threads: int = 1
+    ingress_replicas: int = 1
+    """Ingress replicas of the gateway's configurations (each with the colocated student, if any)."""
     servers: Sequence[str] = ("plain", "noop_ray", "gateway", "gateway_before")
     routes: Sequence[str] = ("student", "auto", "teacher")
     startup_timeout_s: float = 300.0
@@ -122,6 +124,7 @@ def gateway_config(
         "shadow": {"rate": 0.0},
         "student": {"model": settings.student, "colocate": colocate, **role},
         "teacher": {"model": settings.teacher, **role},
+        "ingress": {"num_replicas": settings.ingress_replicas},
     }
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -108,6 +108,11 @@ def settled_cost_counters(
     )
 
 
+RUN_MARGIN_S = 1.0
+"""Locust runs this much longer than a stage asks: its users start within a second of its own start,
+and the stage's window, counted from the first request, must end before Locust stops."""
+
+
 class LoadDriver:
     """Drives a running gateway with Locust; stops every helper process it started itself (the no-op server)."""
 
@@ -200,7 +205,7 @@ class LoadDriver:
             "-r",
             str(max(users, 1)),
             "-t",
-            f"{math.ceil(seconds)}s",
+            f"{math.ceil(seconds + RUN_MARGIN_S)}s",
             "--only-summary",
             "--loglevel",
             "ERROR",
@@ -219,7 +224,10 @@ class LoadDriver:
             raise RuntimeError(f"locust wrote no results (exit {completed.returncode}): {completed.stderr[-2000:]}")
         records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line]
         results.unlink()
-        return records, started
+        # The run starts when Locust sent its first request, not when its process was launched: its
+        # start-up (imports, a second or more on a busy machine) would otherwise eat into the measured
+        # window. Locust runs RUN_MARGIN_S longer than asked, so that the window still ends in its run.
+        return records, min((record["t"] for record in records), default=started)
 
     def run_stage(self, host: str, repeat: int, configuration: str, offered: float) -> tuple[Stage, list[Any]]:
         users = max(1, math.ceil(offered / self.s.rate_per_user))

@@ -238,10 +238,10 @@ Closed loop: each Locust user sends its next request when the last is answered; 
 the rungs whose p99 stayed ≤ {settings["p99_target_ms"]:g} ms with ≤ 1% errors. One server runs at a time;
 memory is the PSS of all its processes after its runs. Teacher `{settings["teacher"]}`, student
 `{settings["student"]}`, traffic `{settings["dataset"]}`; model threads {settings["model_threads"]},
-batches up to 32 (5 ms wait).
+batches up to 32 (no batch wait); ingress replicas {settings.get("ingress_replicas", 1)}.
 
 Configurations: `plain` = benchmarks/plain_server.py (one uvicorn process, the same student artifact
-and backend, no Ray); `noop_ray` = benchmarks/noop_ray_app.py (Ray Serve answering a fixed body through
+and backend, the same answer field for field, no Ray); `noop_ray` = benchmarks/noop_ray_app.py (Ray Serve answering a fixed body through
 the gateway's HTTP ingress); `gateway:<route>` = `cascade serve` as configured now (Ray's HAProxy
 straight to the ingress replica, the student inside it); `gateway_before:student` = the same gateway
 with Ray Serve's Python proxy and the student in its own deployment (the configuration before).

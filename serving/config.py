@@ -356,6 +356,9 @@ class ModelSettings(_Strict):
         return self
 
 
+_INGRESS_DEFAULTS = {"num_cpus", "max_ongoing_requests", "max_queued_requests"}
+
+
 def _ingress_deployment() -> DeploymentSettings:
     return DeploymentSettings(
         num_cpus=0.0,
@@ -385,6 +388,15 @@ class GatewayConfig(_Strict):
     student's calibration must be a chain's (``cascade calibrate --middle``), made with this model."""
     teacher: ModelSettings
     ingress: DeploymentSettings = Field(default_factory=_ingress_deployment)
+    """The ingress's placement. Fields left out keep the ingress's own defaults (no CPU reserved, 256
+    requests at once), not a model replica's: ``ingress: {num_replicas: 2}`` changes only the count."""
+
+    @field_validator("ingress", mode="before")
+    @classmethod
+    def _ingress_defaults(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {**_ingress_deployment().model_dump(include=_INGRESS_DEFAULTS), **value}
+        return value
 
     @model_validator(mode="after")
     def _only_the_student_colocates(self) -> GatewayConfig:

@@ -23,6 +23,11 @@ def test_minimal_config_gets_batching_friendly_defaults() -> None:
     assert config.student.deployment.max_ongoing_requests > 5  # never Ray's collapsing default
     assert config.student.batching.max_batch_size <= config.student.deployment.max_ongoing_requests
     assert config.ingress.num_cpus == 0
+    # Naming one ingress field keeps the ingress's other defaults, not a model replica's.
+    two = parse_config(_with(ingress={"num_replicas": 2}))
+    assert two.ingress.num_replicas == 2
+    assert two.ingress.model_dump(exclude={"num_replicas"}) == config.ingress.model_dump(exclude={"num_replicas"})
+    assert parse_config(_with(ingress={"num_cpus": 0.5})).ingress.num_cpus == 0.5
     assert config.http.port == 8000
     assert config.cascade.signal is None and config.cascade.threshold is None  # manifest or defaults decide
 

@@ -124,6 +124,7 @@ def _loadtest(args: argparse.Namespace) -> int:
             single_requests=args.overhead_requests,
             threshold=args.threshold,
             model_threads=args.model_threads,
+            ingress_replicas=args.ingress_replicas,
             servers=tuple(args.servers),
         )
         run_side_by_side(side, args.dataset, args.output)
@@ -251,6 +252,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=int,
         default=200,
         help="side by side: a rung that measured fewer requests runs again for longer (at most 60 s)",
+    )
+    load.add_argument(
+        "--ingress-replicas",
+        type=int,
+        default=1,
+        help="side by side: the gateway's ingress replicas (e.g. one per core on a single machine; default 1)",
     )
     load.add_argument(
         "--servers",
