@@ -241,9 +241,10 @@ memory is the PSS of all its processes after its runs. Teacher `{settings["teach
 batches up to 32 (no batch wait); ingress replicas {settings.get("ingress_replicas", 1)}.
 
 Configurations: `plain` = benchmarks/plain_server.py (one uvicorn process, the same student artifact
-and backend, the same answer field for field, no Ray); `noop_ray` = benchmarks/noop_ray_app.py (Ray Serve answering a fixed body through
-the gateway's HTTP ingress); `gateway:<route>` = `cascade serve` as configured now (Ray's HAProxy
-straight to the ingress replica, the student inside it); `gateway_before:student` = the same gateway
+and backend, the same answer field for field, no Ray); `noop_ray` = benchmarks/noop_ray_app.py (Ray
+Serve answering a fixed body through the gateway's HTTP ingress, one replica); `gateway:<route>` =
+`cascade serve` as configured now (Ray's HAProxy straight to the ingress replicas, the student inside
+each); `gateway_before:student` = the same gateway
 with Ray Serve's Python proxy and the student in its own deployment (the configuration before).
 The teacher's offline throughput (this process, batch 32, same threads, the texts in the order the load sends them):
 **{result["teacher_offline_texts_per_s"]:.1f} texts/s**.
