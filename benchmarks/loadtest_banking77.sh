@@ -8,8 +8,8 @@
 # Splits dev in halves exactly as `cascade benchmark-cascade` does (numpy permutation, seed 0),
 # calibrates a copy of the student on the first half (accuracy at most 0.3 points below the
 # teacher, at least cost), and sends the second half, which calibration never saw, as traffic.
-# The gateway runs two ingress replicas (each with the student inside): one per core of the 2-core
-# machine the committed figures come from. One ingress replica is one event loop, so one core.
+# `gateway_wide` runs two ingress replicas (each with the student inside), one per core of the 2-core
+# machine the committed figures come from: one ingress replica is one event loop, so one core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATASETS=${DATASETS:-../shared/datasets}
@@ -35,7 +35,7 @@ PRICE=$("$BIN/python" -c 'from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_H
 if [ "${1:-}" != "--ramp" ]; then
     CASCADE_REPRODUCE="bash benchmarks/loadtest_banking77.sh" "$BIN/cascade" loadtest --teacher "$MODELS/teacher" \
         --student "$WORK/student" --dataset "$WORK/traffic.jsonl" --p99-target-ms 250 --warmup-seconds 2 \
-        --ingress-replicas 2 --output "${OUTPUT:-docs/benchmarks}" "$@"
+        --output "${OUTPUT:-docs/benchmarks}" "$@"
     exit
 fi
 shift

@@ -39,6 +39,8 @@ from loadtests.stats import percentile, stage_stats
 from serving.process import ChildProcess, GatewayProcess, wait_until_ready
 
 BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
+WIDE_ROUTES = ("student", "auto")
+"""``gateway_wide`` answers these: what more ingress replicas change (teacher-only is bound by the teacher)."""
 
 
 @dataclass
@@ -57,9 +59,9 @@ class ServingPathSettings:
     single_requests: int = 300
     threshold: float | None = None
     model_threads: int = 1
-    ingress_replicas: int = 1
-    """Ingress replicas of the gateway's configurations (each with the colocated student, if any)."""
-    servers: Sequence[str] = ("plain", "noop_ray", "gateway", "gateway_before")
+    wide_ingress_replicas: int = 2
+    """Ingress replicas of ``gateway_wide`` (``gateway`` runs one), each with the student inside."""
+    servers: Sequence[str] = ("plain", "noop_ray", "gateway", "gateway_wide", "gateway_before")
     routes: Sequence[str] = ("student", "auto", "teacher")
     startup_timeout_s: float = 300.0
 
@@ -107,7 +109,7 @@ def tree_memory_mib(pid: int) -> float:
 
 
 def gateway_config(
-    settings: ServingPathSettings, work: Path, *, ingress: str, colocate: bool, name: str
+    settings: ServingPathSettings, work: Path, *, ingress: str, colocate: bool, name: str, ingress_replicas: int = 1
 ) -> tuple[Path, int]:
     """A ``cascade serve`` config for the measurement (no shadow traffic); returns its path and HTTP port."""
     port = free_port()
@@ -124,7 +126,7 @@ def gateway_config(
         "shadow": {"rate": 0.0},
         "student": {"model": settings.student, "colocate": colocate, **role},
         "teacher": {"model": settings.teacher, **role},
-        "ingress": {"num_replicas": settings.ingress_replicas},
+        "ingress": {"num_replicas": ingress_replicas},
     }
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -133,10 +135,16 @@ def gateway_config(
 
 def _start(server: str, settings: ServingPathSettings, work: Path) -> tuple[ChildProcess, str]:
     """Start one server; returns it (ready) and its URL."""
-    if server in ("gateway", "gateway_before"):
+    if server in ("gateway", "gateway_wide", "gateway_before"):
         before = server == "gateway_before"
+        replicas = settings.wide_ingress_replicas if server == "gateway_wide" else 1
         config, port = gateway_config(
-            settings, work, ingress="proxy" if before else "haproxy", colocate=not before, name=server
+            settings,
+            work,
+            ingress="proxy" if before else "haproxy",
+            colocate=not before,
+            name=server,
+            ingress_replicas=replicas,
         )
         gateway = GatewayProcess(
             config, work / f"{server}.log", port=port, startup_timeout_s=settings.startup_timeout_s
@@ -239,7 +247,7 @@ def run_serving_path(
     """Every server in turn: start, measure its routes, note its memory, stop."""
     rows: list[Row] = []
     for server in settings.servers:
-        routes = settings.routes if server == "gateway" else ["student"]
+        routes = {"gateway": settings.routes, "gateway_wide": WIDE_ROUTES}.get(server, ["student"])
         process, url = _start(server, settings, driver.work)
         try:
             log(f"  {server} ready at {url}")
@@ -280,6 +288,7 @@ def targets(rows: list[Row], teacher_offline: float) -> dict[str, dict[str, Any]
         default=float("nan"),
     )
     p50_gap = _single(rows, "gateway:student") - _single(rows, "plain")
+    wide_student, wide_auto = (_sustained(rows, f"gateway_wide:{r}") for r in WIDE_ROUTES)
 
     def ratio(a: float, b: float) -> float:
         return a / b if b else float("nan")
@@ -288,9 +297,13 @@ def targets(rows: list[Row], teacher_offline: float) -> dict[str, dict[str, Any]
         "student_vs_plain": (ratio(student, plain), 0.7, ">="),
         "auto_vs_plain": (ratio(auto, plain), 0.6, ">="),
         "cascade_vs_teacher": (ratio(auto, teacher), 5.0, ">="),
+        "wide_student_vs_plain": (ratio(wide_student, plain), 0.7, ">="),
+        "wide_auto_vs_plain": (ratio(wide_auto, plain), 0.6, ">="),
         "single_request_p50_gap_ms": (p50_gap, 3.0, "<="),
         "teacher_vs_offline_batch_32": (ratio(teacher_batched, teacher_offline), 0.9, ">="),
     }
+    if not any(row.server == "gateway_wide" for row in rows):  # not measured this run: no row
+        del found["wide_student_vs_plain"], found["wide_auto_vs_plain"]
     return {
         name: {
             "measured": value,

@@ -176,6 +176,8 @@ _TARGET_NAMES = {
     "student_vs_plain": "`route: student` sustained throughput / the plain server's",
     "auto_vs_plain": "`route: auto` sustained throughput / the plain server's",
     "cascade_vs_teacher": "cascade (`auto`) / teacher-only sustained throughput",
+    "wide_student_vs_plain": "`gateway_wide`: `route: student` sustained throughput / the plain server's",
+    "wide_auto_vs_plain": "`gateway_wide`: `route: auto` sustained throughput / the plain server's",
     "single_request_p50_gap_ms": "single request p50: `route: student` − plain server (ms)",
     "teacher_vs_offline_batch_32": "teacher-only, best texts/s at 32 texts/request / its offline batch-32 texts/s",
 }
@@ -238,13 +240,14 @@ Closed loop: each Locust user sends its next request when the last is answered; 
 the rungs whose p99 stayed ≤ {settings["p99_target_ms"]:g} ms with ≤ 1% errors. One server runs at a time;
 memory is the PSS of all its processes after its runs. Teacher `{settings["teacher"]}`, student
 `{settings["student"]}`, traffic `{settings["dataset"]}`; model threads {settings["model_threads"]},
-batches up to 32 (no batch wait); ingress replicas {settings.get("ingress_replicas", 1)}.
+batches up to 32 (no batch wait).
 
 Configurations: `plain` = benchmarks/plain_server.py (one uvicorn process, the same student artifact
 and backend, the same answer field for field, no Ray); `noop_ray` = benchmarks/noop_ray_app.py (Ray
 Serve answering a fixed body through the gateway's HTTP ingress, one replica); `gateway:<route>` =
-`cascade serve` as configured now (Ray's HAProxy straight to the ingress replicas, the student inside
-each); `gateway_before:student` = the same gateway
+`cascade serve` as configured now (Ray's HAProxy straight to the ingress replica, the student inside
+it); `gateway_wide:<route>` = the same with {settings.get("wide_ingress_replicas", 2)} ingress replicas,
+each with the student inside; `gateway_before:student` = the same gateway
 with Ray Serve's Python proxy and the student in its own deployment (the configuration before).
 The teacher's offline throughput (this process, batch 32, same threads, the texts in the order the load sends them):
 **{result["teacher_offline_texts_per_s"]:.1f} texts/s**.

@@ -224,7 +224,7 @@ def test_side_by_side_smoke_run_measures_the_gateway_beside_both_references(
         p99_target_ms=10_000,
         single_requests=40,
         threshold=0.6,
-        servers=("plain", "noop_ray", "gateway"),
+        servers=("plain", "noop_ray", "gateway", "gateway_wide"),
     )
     lines: list[str] = []
     result = run_side_by_side(settings, data, tmp_path / "report", log=lines.append)
@@ -232,7 +232,15 @@ def test_side_by_side_smoke_run_measures_the_gateway_beside_both_references(
     assert (tmp_path / "report" / "loadtest.md").stat().st_size > 0
     assert json.loads((tmp_path / "report" / "loadtest.json").read_text()) == json.loads(json.dumps(result))
     rows = {row["configuration"]: row for row in result["rows"]}
-    assert set(rows) == {"plain", "noop_ray", "gateway:student", "gateway:auto", "gateway:teacher"}
+    assert set(rows) == {
+        "plain",
+        "noop_ray",
+        "gateway:student",
+        "gateway:auto",
+        "gateway:teacher",
+        "gateway_wide:student",
+        "gateway_wide:auto",
+    }
     for name, row in rows.items():
         assert [(r["texts"], r["users"]) for r in row["rungs"]] == [(1, 2), (32, 2)], name
         assert all(r["error_rate"] == 0 and r["requests_per_s"] > 0 for r in row["rungs"]), name
@@ -244,6 +252,8 @@ def test_side_by_side_smoke_run_measures_the_gateway_beside_both_references(
         "student_vs_plain",
         "auto_vs_plain",
         "cascade_vs_teacher",
+        "wide_student_vs_plain",
+        "wide_auto_vs_plain",
         "single_request_p50_gap_ms",
         "teacher_vs_offline_batch_32",
     }

@@ -124,7 +124,7 @@ def _loadtest(args: argparse.Namespace) -> int:
             single_requests=args.overhead_requests,
             threshold=args.threshold,
             model_threads=args.model_threads,
-            ingress_replicas=args.ingress_replicas,
+            wide_ingress_replicas=args.wide_ingress_replicas,
             servers=tuple(args.servers),
         )
         run_side_by_side(side, args.dataset, args.output)
@@ -254,16 +254,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="side by side: a rung that measured fewer requests runs again for longer (at most 60 s)",
     )
     load.add_argument(
-        "--ingress-replicas",
+        "--wide-ingress-replicas",
         type=int,
-        default=1,
-        help="side by side: the gateway's ingress replicas (e.g. one per core on a single machine; default 1)",
+        default=2,
+        help="side by side: ingress replicas of gateway_wide (gateway runs one; default 2)",
     )
     load.add_argument(
         "--servers",
         nargs="+",
-        default=["plain", "noop_ray", "gateway", "gateway_before"],
-        choices=["plain", "noop_ray", "gateway", "gateway_before"],
+        default=["plain", "noop_ray", "gateway", "gateway_wide", "gateway_before"],
+        choices=["plain", "noop_ray", "gateway", "gateway_wide", "gateway_before"],
         help="side by side: which servers to measure",
     )
     load.add_argument("--p99-target-ms", type=float, default=300.0)
