@@ -246,7 +246,7 @@ Configurations: `plain` = benchmarks/plain_server.py (one uvicorn process, the s
 and backend, the same answer field for field, no Ray); `noop_ray` = benchmarks/noop_ray_app.py (Ray
 Serve answering a fixed body through the gateway's HTTP ingress, one replica); `gateway:<route>` =
 `cascade serve` as configured now (Ray's HAProxy straight to the ingress replica, the student inside
-it); `gateway_wide:<route>` = the same with {settings.get("wide_ingress_replicas", 2)} ingress replicas,
+it); `gateway_wide:<route>` = the same with {settings["wide_ingress_replicas"]} ingress replicas,
 each with the student inside; `gateway_before:student` = the same gateway
 with Ray Serve's Python proxy and the student in its own deployment (the configuration before).
 The teacher's offline throughput (this process, batch 32, same threads, the texts in the order the load sends them):

@@ -356,9 +356,6 @@ class ModelSettings(_Strict):
         return self
 
 
-_INGRESS_DEFAULTS = {"num_cpus", "max_ongoing_requests", "max_queued_requests"}
-
-
 def _ingress_deployment() -> DeploymentSettings:
     return DeploymentSettings(
         num_cpus=0.0,
@@ -395,7 +392,7 @@ class GatewayConfig(_Strict):
     @classmethod
     def _ingress_defaults(cls, value: Any) -> Any:
         if isinstance(value, dict):
-            return {**_ingress_deployment().model_dump(include=_INGRESS_DEFAULTS), **value}
+            return {**_ingress_deployment().model_dump(exclude_unset=True), **value}
         return value
 
     @model_validator(mode="after")
