@@ -38,11 +38,11 @@ from typing import Any
 import yaml
 
 from benchmarks.faults import Poison, Prober, Stalled, replica_pids
-from loadtests import free_port
 from loadtests.driver import LOCUSTFILE
 from loadtests.report import package_versions
 from loadtests.stats import percentile
 from serving import constants as c
+from serving.ports import free_local_port
 from serving.process import GatewayProcess
 
 PHASES = ("baseline", "teacher_kill", "teacher_hang", "student_kill", "stalled_connections", "poison", "overload")
@@ -169,7 +169,7 @@ def _demo_config(path: Path, replicas: int) -> Path:
 def run_chaos(settings: ChaosSettings, log: Any = print) -> dict[str, Any]:
     s = settings
     s.work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = free_local_port()
     config = s.config or _demo_config(s.work / "gateway.yaml", s.replicas)
     gateway = GatewayProcess(config, s.work / "serve.log", port=port, stop_timeout_s=120)
     url = gateway.url

@@ -27,7 +27,7 @@ import yaml
 from benchmarks.prometheus_server import start_prometheus
 from benchmarks.ray_cluster import LocalCluster, Node
 from serving import constants as c
-from serving.front_proxy import free_local_port
+from serving.ports import free_local_port
 from serving.process import ChildProcess, cascade_command, wait_until_ready
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

@@ -26,10 +26,10 @@ import psutil
 import yaml
 
 from benchmarks.serving_path import ServingPathSettings, run_serving_path
-from loadtests import free_port
 from loadtests.driver import LoadDriver, LoadTestSettings, default_core_split
 from loadtests.report import package_versions, write_outputs, write_side_by_side
 from loadtests.stats import ConfigurationRun, summarise, teacher_answers
+from serving.ports import free_local_port
 from serving.process import GatewayProcess
 
 
@@ -38,7 +38,7 @@ def start_gateway(settings: LoadTestSettings, work: Path) -> tuple[GatewayProces
 
     Returns the ready gateway and the URL of its metrics (a private Ray's metrics agent).
     """
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_local_port(), free_local_port()
     role = {
         "threads": settings.model_threads,
         "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.0},

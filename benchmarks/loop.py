@@ -35,9 +35,9 @@ import numpy as np
 import yaml
 
 from benchmarks.closed_loop import ContinuousLoad, phase, teacher_labels, wait_for_log
-from loadtests import free_port
 from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
 from serving.constants import KEEP_TEXT_FOR_REDISTILL as OPT_IN_TEXT
+from serving.ports import free_local_port
 from serving.process import GatewayProcess, cascade_command
 
 # Both roles run on this machine's CPU: price both as the CPU node (as benchmark-cascade).
@@ -190,7 +190,7 @@ def run_loop_benchmark(s: LoopBenchmarkSettings, log: Any = print) -> dict[str, 
     for which, artifact in (("teacher", s.teacher), ("student", student)):
         entry = registry.add(artifact)
         registry.promote(which, entry.name, entry.version)
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_local_port(), free_local_port()
     role: dict[str, Any] = {
         "threads": s.threads,
         "batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005},

@@ -26,8 +26,8 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests import free_port
 from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
+from serving.ports import free_local_port
 from serving.process import GatewayProcess, cascade_command
 
 CPU_DOLLARS_PER_HOUR = DEFAULT_CPU_NODE_DOLLARS_PER_HOUR  # both roles run on this machine's CPU here
@@ -76,7 +76,7 @@ def main() -> None:
             cascade_command("build-demo"), capture_output=True, text=True, check=True
         ).stdout.splitlines()
     )
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_local_port(), free_local_port()
     config = {
         "http": {"host": "127.0.0.1", "port": port},
         "metrics": {"port": metrics_port},

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import yaml
 
-from serving.front_proxy import free_local_port
+from serving.ports import free_local_port
 
 
 def start_prometheus(

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from serving.constants import RAY_ENVIRONMENT_DEFAULTS, new_ray_haproxy_folder, ray_haproxy_environment
-from serving.front_proxy import free_local_port
 from serving.lifecycle import release_ray_haproxy
+from serving.ports import free_local_port
 
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
 

@@ -32,10 +32,10 @@ import numpy as np
 import psutil
 import yaml
 
-from loadtests import free_port
 from loadtests.driver import LoadDriver
 from loadtests.scenarios import send_order
 from loadtests.stats import percentile, stage_stats
+from serving.ports import free_local_port
 from serving.process import ChildProcess, GatewayProcess, wait_until_ready
 
 BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
@@ -112,7 +112,7 @@ def gateway_config(
     settings: ServingPathSettings, work: Path, *, ingress: str, colocate: bool, name: str, ingress_replicas: int = 1
 ) -> tuple[Path, int]:
     """A ``cascade serve`` config for the measurement (no shadow traffic); returns its path and HTTP port."""
-    port = free_port()
+    port = free_local_port()
     role = {
         "threads": settings.model_threads,
         "batching": BATCH,
@@ -120,7 +120,7 @@ def gateway_config(
     }
     config = {
         "http": {"host": "127.0.0.1", "port": port, "ingress": ingress},
-        "metrics": {"port": free_port()},
+        "metrics": {"port": free_local_port()},
         "limits": {"max_inputs": 64},
         "cascade": {} if settings.threshold is None else {"threshold": settings.threshold},
         "shadow": {"rate": 0.0},
@@ -150,7 +150,7 @@ def _start(server: str, settings: ServingPathSettings, work: Path) -> tuple[Chil
             config, work / f"{server}.log", port=port, startup_timeout_s=settings.startup_timeout_s
         )
         return gateway, gateway.url
-    port = free_port()
+    port = free_local_port()
     module = {"plain": "benchmarks.plain_server", "noop_ray": "benchmarks.noop_ray_app"}[server]
     extra = ["--student", settings.student, "--threads", str(settings.model_threads)] if server == "plain" else []
     process = ChildProcess([sys.executable, "-m", module, "--port", str(port), *extra], work / f"{server}.log")

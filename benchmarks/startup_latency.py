@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from loadtests import free_port
+from serving.ports import free_local_port
 from serving.process import ChildProcess, cascade_command
 
 TEXTS = [
@@ -81,7 +81,7 @@ def _latencies(url: str, route: str, requests: int) -> dict[str, float]:
 
 
 def run_once(home: Path, requests: int, deadline_s: float) -> dict[str, Any]:
-    port = free_port()
+    port = free_local_port()
     url = f"http://127.0.0.1:{port}"
     log = home.parent / f"serve-{port}.log"
     process, started = _start(home, port, log)

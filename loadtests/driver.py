@@ -29,8 +29,9 @@ from typing import Any
 
 import httpx
 
-from loadtests import free_port, wait_until_settled
+from loadtests import wait_until_settled
 from loadtests.stats import ConfigurationRun, Stage, answers, cost_counters, percentile, quality, stage_stats
+from serving.ports import free_local_port
 
 CONFIGURATIONS = {"teacher_only": "teacher", "student_only": "student", "cascade": "auto"}
 
@@ -327,7 +328,7 @@ class LoadDriver:
 
     def generator_ceiling(self) -> dict[str, Any]:
         """Locust's own maximum: no-wait users against a no-op endpoint on the gateway's cores."""
-        port = free_port()
+        port = free_local_port()
         server = self._start(
             [sys.executable, "-m", "loadtests.noop_server", "--port", str(port)], self.s.gateway_cpus, "noop.log"
         )

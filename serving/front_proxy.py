@@ -141,13 +141,6 @@ def wanted(settings: FrontProxySettings) -> tuple[bool, str | None]:
     )
 
 
-def free_local_port() -> int:
-    """A free TCP port on 127.0.0.1 for Ray Serve's proxy behind HAProxy."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
@@ -245,7 +238,6 @@ __all__ = [
     "REQUEST_ID_PATTERN",
     "HAProxy",
     "error_file",
-    "free_local_port",
     "render_config",
     "wanted",
 ]

@@ -23,7 +23,8 @@ from serving import constants as c
 from serving.auth import exposure_notice
 from serving.config import GatewayConfig
 from serving.errors import ConfigError
-from serving.front_proxy import HAProxy, free_local_port, wanted
+from serving.front_proxy import HAProxy, wanted
+from serving.ports import free_local_port
 from serving.process import wait_until_ready
 
 _RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"

@@ -10,10 +10,8 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from loadtests import free_port
+from serving.ports import free_local_port
 from tests.builders import TinyPair, build_tiny_pair
-
-__all__ = ["free_port"]
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +35,7 @@ def ray_session() -> Iterator[int]:
 
     apply_ray_environment_defaults()
     haproxy_folder = choose_ingress("haproxy")
-    metrics_port = free_port()
+    metrics_port = free_local_port()
     ray.init(
         address="local",
         num_cpus=4,
@@ -61,7 +59,7 @@ def serve_port(ray_session: int) -> int:
     """Ray Serve's HTTP proxy on the session Ray; its port is fixed by the first ``serve.start``."""
     from ray import serve
 
-    port = free_port()
+    port = free_local_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return port
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serving.ports import free_local_port
 from serving.process import GatewayProcess
 from tests.builders import TEXTS, TinyPair
-from tests.conftest import free_port
 from tests.gateway_helpers import BAD_REQUESTS, gateway_config, write_config
 
 pytestmark = pytest.mark.slow  # `cascade serve` processes
@@ -57,10 +57,10 @@ def server(
 ) -> Iterator[Server]:
     threshold: float = request.param
     folder = tmp_path_factory.mktemp("serve")
-    port = free_port()
+    port = free_local_port()
     settings = gateway_config(tiny_pair, threshold=threshold, port=port)
     settings["http"]["front_proxy"] = {"kind": "haproxy", "header_timeout_s": HEADER_TIMEOUT_S}
-    settings["metrics"] = {"port": free_port()}
+    settings["metrics"] = {"port": free_local_port()}
     config = write_config(folder / "gateway.yaml", settings)
     before = ray_core_pids()
     # Ready means /readyz answered 200; on failure it stops the server and raises with its log's tail.
@@ -214,10 +214,10 @@ def test_service_endpoints(server: Server) -> None:
 def test_ctrl_c_drains_accepted_requests_and_refuses_new_ones_in_the_one_shape(
     tiny_pair: TinyPair, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port = free_local_port()
     settings = gateway_config(tiny_pair, threshold=1.5, port=port)  # every text escalates: longer requests
     settings["http"]["front_proxy"] = {"kind": "haproxy"}
-    settings["metrics"] = {"port": free_port()}  # the module's gateway may still hold the default one
+    settings["metrics"] = {"port": free_local_port()}  # the module's gateway may still hold the default one
     config = write_config(tmp_path / "gateway.yaml", settings)
     gateway = GatewayProcess(config, tmp_path / "serve.log", port=port, startup_timeout_s=STARTUP_DEADLINE_S)
     outcomes: list[str] = []

@@ -74,15 +74,15 @@ def test_haproxy_accepts_the_generated_config(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed (.ci/run installs it)")
 def test_a_haproxy_left_on_a_stopped_rays_folder_is_ended_and_no_other(tmp_path: Path) -> None:
-    from loadtests import free_port
     from serving.lifecycle import release_ray_haproxy
+    from serving.ports import free_local_port
 
     def start(folder: Path) -> subprocess.Popen[bytes]:
         (folder / "node-id").mkdir(parents=True)  # Ray puts its files in a folder per node inside ours
         config = folder / "node-id" / "haproxy.cfg"
         config.write_text(
             f"defaults\n  mode http\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n"
-            f"frontend f\n  bind 127.0.0.1:{free_port()}\n  http-request return status 200\n",
+            f"frontend f\n  bind 127.0.0.1:{free_local_port()}\n  http-request return status 200\n",
             encoding="utf-8",
         )
         return subprocess.Popen(["haproxy", "-db", "-f", str(config)], start_new_session=True)

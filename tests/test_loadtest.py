@@ -18,8 +18,8 @@ import pytest
 from benchmarks.loadtest import LoadTestSettings, run_loadtest
 from loadtests.scenarios import scenario_stages as _stages
 from loadtests.stats import ConfigurationRun, Stage, paired_accuracy_gap, quality, stage_stats, summarise
+from serving.ports import free_local_port
 from tests.builders import TinyPair
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_scenario_shapes_are_bounded_and_shaped() -> None:
 
 @pytest.fixture()
 def noop_server() -> Iterator[str]:
-    port = free_port()
+    port = free_local_port()
     process = subprocess.Popen([sys.executable, "-m", "loadtests.noop_server", "--port", str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
