@@ -16,6 +16,8 @@ for work the reference skipped.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -29,6 +31,28 @@ from serving.backends import load_backend
 from serving.model_ref import resolve_model
 
 
+def answer_body(backend: Any, labels: Sequence[str], versions: dict[str, str], body: bytes) -> bytes:
+    """The whole answer to one ``/v1/classify`` body: parse, one model call, a result per text, encode."""
+    inputs = orjson.loads(body)["inputs"]
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    logits = backend.logits(texts)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = exp / exp.sum(axis=1, keepdims=True)
+    results = [
+        {
+            "label": labels[int(row.argmax())],
+            "confidence": float(row.max()),
+            "served_by": "student",
+            "escalated": False,
+            "scores": dict(zip(labels, row.tolist(), strict=True)),
+            "degraded": False,
+            "degraded_reason": None,
+        }
+        for row in probs
+    ]
+    return orjson.dumps({"results": results, "model_versions": versions})
+
+
 def build(student: str, threads: int) -> Starlette:
     ref = resolve_model(student)
     backend = load_backend(ref, threads=threads)
@@ -36,25 +60,7 @@ def build(student: str, threads: int) -> Starlette:
     versions = {"student": ref.version}
 
     async def classify(request: Request) -> Response:
-        body = orjson.loads(await request.body())
-        inputs = body["inputs"]
-        texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        logits = backend.logits(texts)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = exp / exp.sum(axis=1, keepdims=True)
-        results = [
-            {
-                "label": labels[int(row.argmax())],
-                "confidence": float(row.max()),
-                "served_by": "student",
-                "escalated": False,
-                "scores": dict(zip(labels, row.tolist(), strict=True)),
-                "degraded": False,
-                "degraded_reason": None,
-            }
-            for row in probs
-        ]
-        return Response(orjson.dumps({"results": results, "model_versions": versions}), media_type="application/json")
+        return Response(answer_body(backend, labels, versions, await request.body()), media_type="application/json")
 
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

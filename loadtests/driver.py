@@ -31,7 +31,6 @@ import httpx
 
 from loadtests import wait_until_settled
 from loadtests.stats import ConfigurationRun, Stage, answers, cost_counters, percentile, quality, stage_stats
-from serving.ports import free_local_port
 
 CONFIGURATIONS = {"teacher_only": "teacher", "student_only": "student", "cascade": "auto"}
 
@@ -150,6 +149,17 @@ class LoadDriver:
     def close(self) -> None:
         for process in list(self.processes):
             self._stop(process)
+
+    def _reported_port(self, process: subprocess.Popen[bytes], log_name: str, *, deadline_s: float) -> int:
+        """The port a server bound itself (``--port 0``) and printed as ``port N``: no port chosen here
+        can be taken by another process before the server binds it."""
+        end = time.time() + deadline_s
+        while time.time() < end and process.poll() is None:
+            for line in (self.work / log_name).read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.startswith("port "):
+                    return int(line.split()[1])
+            time.sleep(0.1)
+        raise RuntimeError(f"{log_name}: the server printed no port within {deadline_s:g} s (exit {process.poll()})")
 
     def _wait_http(self, url: str, deadline_s: float, process: subprocess.Popen[bytes], log_name: str) -> None:
         end = time.time() + deadline_s
@@ -328,11 +338,11 @@ class LoadDriver:
 
     def generator_ceiling(self) -> dict[str, Any]:
         """Locust's own maximum: no-wait users against a no-op endpoint on the gateway's cores."""
-        port = free_local_port()
         server = self._start(
-            [sys.executable, "-m", "loadtests.noop_server", "--port", str(port)], self.s.gateway_cpus, "noop.log"
+            [sys.executable, "-m", "loadtests.noop_server", "--port", "0"], self.s.gateway_cpus, "noop.log"
         )
         try:
+            port = self._reported_port(server, "noop.log", deadline_s=30)
             self._wait_http(f"http://127.0.0.1:{port}/", 30, server, "noop.log")
             users = 32
             records, started = self.locust(

@@ -1,6 +1,6 @@
 """A no-op HTTP endpoint: the load generator's own ceiling is measured against it.
 
-    python -m loadtests.noop_server --port 8099
+    python -m loadtests.noop_server --port 8099     (--port 0: a free port, printed as "port N")
 
 Answers every request with a fixed, classify-shaped JSON body, keeping connections alive. asyncio
 and nothing else, so the server costs as little as possible and the generator is what saturates.
@@ -40,6 +40,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 async def serve(host: str, port: int) -> None:
     server = await asyncio.start_server(_handle, host, port, backlog=1024)
+    print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
         await server.serve_forever()
 
