@@ -145,6 +145,16 @@ def write(result: dict[str, Any], output: Path, command: str) -> None:
     ]
     for name, row in result["cpu_us_per_request"].items():
         lines.append(f"| {name} | {row['median']:.0f} | {', '.join(f'{v:.0f}' for v in row['all'])} |")
+    median = [row["median"] for row in result["cpu_us_per_request"].values()]
+    plain, one, many, model_one, model_many = median
+    lines += [
+        "",
+        f"- The gateway's code at {CONCURRENCY} requests at once costs {many / plain:.2f}× the plain handler;",
+        f"  beyond the model's own batched cost, {many - model_many:.0f} µs per request against the plain",
+        f"  handler's {plain - model_one:.0f} µs beyond its one-text call.",
+        f"- One request at a time it costs {one / plain:.2f}× the plain handler: each request is a batch of",
+        "  one (`@serve.batch` queue, a hop to the model's worker thread, metrics), with nothing to share it.",
+    ]
     (output / "handler-cost.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

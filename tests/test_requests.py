@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import unicodedata
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ from serving.errors import (
     UnsupportedMediaType,
     error_response,
 )
-from serving.schemas import check_body_size, check_content_type, parse_classify_request
+from serving.schemas import check_body_size, check_content_type, check_text, parse_classify_request
 
 LIMITS = LimitSettings(max_body_bytes=500, max_inputs=3, max_text_chars=40)
 
@@ -187,3 +189,20 @@ def test_a_client_gone_before_its_body_is_not_answered() -> None:
         _drive(app, scope, [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}])
         == []
     )
+
+
+def test_exactly_control_characters_and_lone_surrogates_are_refused() -> None:
+    """Every code point, against the definition: Unicode category Cc (but tab, newline, CR) or a surrogate."""
+    allowed_controls = {"\t", "\n", "\r"}
+    for code in range(sys.maxunicode + 1):
+        character = chr(code)
+        refused = (unicodedata.category(character) == "Cc" and character not in allowed_controls) or (
+            0xD800 <= code <= 0xDFFF
+        )
+        try:
+            check_text(3, f"ok{character}")
+        except InvalidRequest as error:
+            assert refused, f"U+{code:04X} was refused: {error}"
+            assert f"U+{code:04X} at position 2" in str(error) and "inputs[3]" in str(error)
+        else:
+            assert not refused, f"U+{code:04X} was accepted"
