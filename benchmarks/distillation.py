@@ -84,6 +84,9 @@ PLANS = {
     # Model2Vec-style (bag 0.9184, +0.6 points, cascade 0.218); escalating when a second bag disagrees
     # (0.143 escalated at the bound on all of dev, plus the second bag's cost: about 0.17); a learned
     # rule with a PCA projection of the pooled representation (no better than max-probability).
+    # Test-time word dropout (8 copies of each text, each word dropped with p 0.07 or 0.15, the bag's
+    # agreement or mean probability across copies as the signal) ranks the bag's errors worse than its
+    # own max-probability (AUROC of "student right" 0.93/0.91 against 0.94; margin 0.94).
     # With all 3,100 dev texts as calibration data max-probability still escalates 15.7% under the
     # 90% bound: cost ≤ 0.15 needs a student that ranks its errors better, not more calibration data.
     "clinc150": DatasetPlan(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ import numpy as np
 import orjson
 import ray.serve.batching
 
+from benchmarks.distillation import machine
 from benchmarks.plain_server import answer_body
 from serving.application import gateway_user_config
 from serving.config import parse_config
@@ -128,7 +128,8 @@ def measure(teacher: str, student: str, texts: list[str], repeats: int) -> dict[
 
 def write(result: dict[str, Any], output: Path, command: str) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    result = {"command": command, "machine": platform.platform(), **result}
+    result = {"command": command, "machine": machine(), **result}
+    box = result["machine"]
     (output / "handler-cost.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     lines = [
         "# The gateway's own code per request, beside the plain server's handler",
@@ -139,6 +140,7 @@ def write(result: dict[str, Any], output: Path, command: str) -> None:
         "(the process's CPU time, model thread included), median of "
         f"{result['repeats']} passes over {result['requests_per_repeat']} texts of the traffic file.",
         "Module docstring of `benchmarks/handler_cost.py` for what each row runs.",
+        f"Machine: {box['cpus']} CPUs, {box['platform']}, onnxruntime {box['onnxruntime']}.",
         "",
         "| code | CPU µs per request (median) | all passes |",
         "| --- | ---: | --- |",
