@@ -8,7 +8,7 @@ included, divided by requests) the same one-text ``/v1/classify`` bodies answere
 
 - the plain server's handler (``benchmarks.plain_server.answer_body``: parse, one model call, encode);
 - the gateway's ``Gateway.answer`` on ``route: student``, the student in this process as ``colocate: true``
-  serves it (Ray Serve's ``@serve.batch``, batches up to 32), answer encoded as the ingress does; one
+  serves it (its batcher, ``serving.coalescing``, batches up to 32), answer encoded as the ingress does; one
   request at a time, and 32 at once (what 32 closed-loop users give it);
 - the model alone, one text per call and 32 per call.
 
@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import ray.serve.batching
 
 from benchmarks.distillation import machine
 from benchmarks.plain_server import answer_body
@@ -70,9 +69,6 @@ def _cpu_us_per_request(run: Callable[[], None], requests: int, repeats: int) ->
 
 
 def measure(teacher: str, student: str, texts: list[str], repeats: int) -> dict[str, Any]:
-    # Ray's @serve.batch asks for the replica's context when its queue is made, only to warn about
-    # max_ongoing_requests; outside a replica that raises. The warning is all this turns off.
-    ray.serve.batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = lambda self: None  # type: ignore[method-assign]
     role = {"threads": 1, "batching": BATCH}
     config = parse_config(
         {"student": {**role, "model": student, "colocate": True}, "teacher": {**role, "model": teacher}}
@@ -155,7 +151,7 @@ def write(result: dict[str, Any], output: Path, command: str) -> None:
         f"  beyond the model's own batched cost, {many - model_many:.0f} µs per request against the plain",
         f"  handler's {plain - model_one:.0f} µs beyond its one-text call.",
         f"- One request at a time it costs {one / plain:.2f}× the plain handler: each request is a batch of",
-        "  one (`@serve.batch` queue, a hop to the model's worker thread, metrics), with nothing to share it.",
+        "  one (the batcher, a hop to the model's worker thread, metrics), with nothing to share it.",
     ]
     (output / "handler-cost.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 

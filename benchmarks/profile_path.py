@@ -46,7 +46,11 @@ CATEGORIES = {
     "  the model (ModelRunner.logits)": ("ModelRunner.logits",),
     "Ray metrics (Metric._record)": ("Metric._record",),
     "a handle call to another replica (router)": ("AsyncioRouter.assign_request", "DeploymentResponse.__await__"),
-    "@serve.batch queueing": ("_BatchQueue._process_batches", "batch_wrapper"),
+    "batch queueing (@serve.batch before, serving.coalescing now)": (
+        "_BatchQueue._process_batches",
+        "batch_wrapper",
+        "Coalescer._next_call",
+    ),
 }
 
 

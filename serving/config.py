@@ -320,7 +320,7 @@ class DeploymentSettings(_Strict):
 
 
 class BatchingSettings(_Strict):
-    """Ray Serve dynamic batching (``@serve.batch``): calls are grouped up to a size or a wait."""
+    """Dynamic batching (``serving.coalescing``, ``@serve.batch``'s semantics): calls grouped up to a size or a wait."""
 
     max_batch_size: PositiveInt = c.DEFAULT_MAX_BATCH_SIZE
     batch_wait_timeout_s: NonNegativeFloat = c.DEFAULT_BATCH_WAIT_TIMEOUT_S

@@ -20,11 +20,14 @@ from outside, without patching Ray:
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +36,9 @@ from serving.config import FrontProxySettings
 from serving.errors import ConfigError
 
 DRAIN_MINIMUM_S = 1.0
+LISTENER_CLOSE_S = 2.0
+"""After a drain, how long the connections already accepted have to get their answer (a client that
+connected and sent nothing holds its connection until this, not until its header timeout)."""
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 """The same rule as ``serving.ingress.safe_request_id``: what the gateway keeps of a client's id."""
 
@@ -141,6 +147,25 @@ def wanted(settings: FrontProxySettings) -> tuple[bool, str | None]:
     )
 
 
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+"""Looked up here, in the parent: the child between fork and exec only calls it."""
+
+
+def _apart_from_the_terminal() -> None:
+    """In HAProxy's process before it starts: a process group of its own, ended with its parent.
+
+    A terminal's Ctrl-C signals its whole foreground process group. HAProxy stops at once on SIGINT
+    and would cut the requests it holds, before ``cascade serve`` (which gets the same Ctrl-C) could
+    drain them; in a group of its own it gets only what ``cascade serve`` sends it. Should
+    ``cascade serve`` die without stopping it, the kernel sends it SIGTERM (Linux), as Ray does
+    for its own processes, so no HAProxy is left holding the port.
+    """
+    os.setpgid(0, 0)
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
@@ -181,6 +206,7 @@ class HAProxy:
             [binary, "-W", "-db", "-f", str(config)],
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
+            preexec_fn=_apart_from_the_terminal,  # two system calls between fork and exec, nothing that locks
         )
 
     def alive(self) -> bool:
@@ -196,20 +222,27 @@ class HAProxy:
                 received += chunk
         return received.decode()
 
-    def in_flight(self) -> int:
-        """Requests HAProxy holds for the gateway now: passed on to Ray, or queued for a slot."""
+    def _current(self, proxy: str, server: str) -> int:
+        """HAProxy's current sessions (plus queued requests) of one row of ``show stat``."""
         lines = self._admin_command("show stat").splitlines()
         columns = lines[0].lstrip("# ").split(",")
         for line in lines[1:]:
             row = dict(zip(columns, line.split(","), strict=False))
-            if row.get("pxname") == "serve" and row.get("svname") == "ray":
-                return int(row["scur"] or 0) + int(row["qcur"] or 0)
+            if row.get("pxname") == proxy and row.get("svname") == server:
+                return int(row["scur"] or 0) + int(row.get("qcur") or 0)
         return 0
+
+    def in_flight(self) -> int:
+        """Requests HAProxy holds for the gateway now: passed on to Ray, or queued for a slot."""
+        return self._current("serve", "ray")
 
     def drain(self, timeout_s: float) -> int:
         """New requests get a 503 ``draining`` with ``Retry-After``; wait for the accepted ones to finish.
 
-        Returns how many were still in flight at the deadline (0 on a clean drain).
+        Then the listener closes (new connections are refused) and the connections it had accepted
+        get their answer before ``stop``: HAProxy's soft stop closes a connection whose request it
+        has not read yet, which its client sees as a request cut. Returns how many requests were still
+        in flight at the deadline (0 on a clean drain).
         """
         self._admin_command("set server serve/ray state maint")
         started = time.monotonic()
@@ -219,6 +252,10 @@ class HAProxy:
             time.monotonic() - started < timeout_s
         ):
             time.sleep(0.1)
+        self._admin_command("disable frontend gateway")
+        closing = time.monotonic()
+        while self._current("gateway", "FRONTEND") and time.monotonic() - closing < LISTENER_CLOSE_S:
+            time.sleep(0.02)
         return left
 
     def stop(self, timeout_s: float = 10.0) -> None:

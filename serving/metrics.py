@@ -13,6 +13,7 @@ versions are bounded by the number of promotions. Nothing per request or per use
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ class ThrottledGauge:
         self._published: dict[tuple[tuple[str, str], ...], tuple[float, float]] = {}
 
     def set(self, value: float, tags: dict[str, str] | None = None) -> None:
-        key = tuple(sorted(tags.items())) if tags else ()
+        key = tuple(tags.items()) if tags else ()  # callers name their labels in one order
         now = self._clock()
         last = self._published.get(key)
         if last is not None:
@@ -186,6 +187,53 @@ class ThrottledGauge:
                 return
         self._gauge.set(value, tags=tags)
         self._published[key] = (value, now)
+
+
+COUNTER_FLUSH_S = 1.0
+"""The ingress's counters reach Ray's pipeline summed over at most this long (``BufferedCounter``)."""
+
+
+class BufferedCounter:
+    """A counter whose increments reach Ray's pipeline summed, at most ``every_s`` after they happen.
+
+    A request increments half a dozen counters (texts by who answered, each role's dollars, the
+    baseline, the savings, the key, the response class), and each Ray metric call costs a few
+    microseconds of the ingress's one event loop (``benchmarks/handler_cost.py``). Summed here per
+    label set, they cost a dictionary update each, and Ray one call per label set per ``every_s``.
+    Prometheus scrapes every few seconds, and Ray's agent exports on its own interval, so nothing
+    is seen later than before by more than ``every_s``; what a replica still holds when its process
+    is killed is lost (at most ``every_s`` of its counts). The flush is a timer on the running event
+    loop; outside one (a script, a test), and with ``every_s`` 0, every increment goes straight through.
+    """
+
+    def __init__(self, counter: Any, every_s: float) -> None:
+        self._counter = counter
+        self._every_s = every_s
+        self._pending: dict[tuple[tuple[str, str], ...], float] = {}
+        self._flush_due = False
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        if self._every_s <= 0:
+            self._counter.inc(value, tags=tags)
+            return
+        key = tuple(tags.items()) if tags else ()
+        self._pending[key] = self._pending.get(key, 0.0) + value
+        if self._flush_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_due = True
+        loop.call_later(self._every_s, self.flush)
+
+    def flush(self) -> None:
+        """Hand every pending sum to the counter now."""
+        self._flush_due = False
+        pending, self._pending = self._pending, {}
+        for key, value in pending.items():
+            self._counter.inc(value, tags=dict(key) if key else None)
 
 
 def ray_metric(spec: MetricSpec) -> Any:
@@ -214,8 +262,16 @@ class RequestUsage:
 class GatewayMetrics:
     """Everything the ingress records. Pure bookkeeping over metric objects made by ``factory``."""
 
-    def __init__(self, factory: MetricFactory = ray_metric, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        factory: MetricFactory = ray_metric,
+        clock: Callable[[], float] = time.monotonic,
+        counter_flush_s: float = COUNTER_FLUSH_S,
+    ) -> None:
         self._m = {name: factory(spec) for name, spec in SPECS.items() if name not in _REPLICA_METRICS}
+        for name, spec in SPECS.items():
+            if spec.kind == "counter":
+                self._m[name] = BufferedCounter(self._m[name], counter_flush_s)
         for name in (EXPECTED_ESCALATION, CIRCUIT_OPEN):
             self._m[name] = ThrottledGauge(self._m[name], clock=clock)
         self._carry = SavingsCarry()
@@ -402,6 +458,7 @@ def exported_name(name: str, kind: str) -> list[str]:
 __all__ = [
     "LABEL_VALUES",
     "SPECS",
+    "BufferedCounter",
     "GatewayMetrics",
     "MetricSpec",
     "ReplicaMetrics",

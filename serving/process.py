@@ -90,9 +90,14 @@ class ChildProcess:
         return self.process.pid
 
     def stop(self) -> int:
-        """Ctrl-C, as a user would; SIGKILL only if it has not ended within ``stop_timeout_s``."""
+        """Ctrl-C, as a terminal sends it; SIGKILL only if it has not ended within ``stop_timeout_s``.
+
+        A terminal signals its whole foreground process group, not only the command: so does this,
+        so that what the command started (HAProxy, Ray's processes) gets the Ctrl-C a user's would.
+        """
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGINT)
             try:
                 return self.process.wait(timeout=self.stop_timeout_s)
             except subprocess.TimeoutExpired:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from starlette.responses import JSONResponse
 from router import CascadePolicy, Signal
 from serving import constants as c
 from serving.backends import load_backend
+from serving.coalescing import Coalescer, DeadlinePassed
 from serving.config import ModelSettings
 from serving.metrics import ReplicaMetrics
 from serving.model_ref import check_same_labels, resolve_model
@@ -34,57 +34,13 @@ logger = logging.getLogger("cascade.replica")
 WARM_UP_TEXTS = 8
 
 
-Call = tuple[list[str], float | None]
-"""One caller's texts and its deadline (``time.time()`` seconds; None: none)."""
-
-
-def _count_texts(calls: list[Call]) -> int:
-    return sum(len(texts) for texts, _ in calls)
-
-
-class DeadlinePassed(TimeoutError):
-    """The caller stopped waiting before the batch ran: its texts are not computed."""
-
-
-CallResult = tuple[np.ndarray, float] | Exception
-"""One call's logits and the compute seconds they used, or the error its own texts caused."""
-
-
-async def answer_batch(model: Callable[[list[str]], np.ndarray], calls: list[list[str]]) -> list[CallResult]:
-    """One model call for every call in a batch; should it fail, each call on its own.
-
-    A text that makes the model raise (a tokenizer's edge case) then fails only the call that sent it;
-    the others in the batch are answered. The model runs off the event loop, so the process keeps
-    accepting calls for the next batch meanwhile.
-    """
-    flat = [text for texts in calls for text in texts]
-    started = time.perf_counter()
-    try:
-        logits = await asyncio.to_thread(model, flat)
-    except Exception:
-        if len(calls) == 1:
-            raise
-        logger.warning("a batch of %d calls failed; answering each call on its own", len(calls))
-        return [await _alone(model, texts) for texts in calls]
-    seconds_per_text = (time.perf_counter() - started) / len(flat)
-    bounds = np.cumsum([len(texts) for texts in calls])[:-1]
-    return [(part, seconds_per_text * len(part)) for part in np.split(logits, bounds)]
-
-
-async def _alone(model: Callable[[list[str]], np.ndarray], texts: list[str]) -> CallResult:
-    started = time.perf_counter()
-    try:
-        logits = await asyncio.to_thread(model, texts)
-    except Exception as error:  # noqa: BLE001 - handed to this call's caller, who raises it
-        return error
-    return logits, time.perf_counter() - started
-
-
 class ModelRunner:
     """One role's model in this process: load, warm up, batch calls by text count, time every batch.
 
     Used by ``ModelReplica`` (a role's own deployment) and, for a student with ``colocate: true``, by
-    the ingress itself. ``@serve.batch`` works on any async method, not only a deployment's.
+    the ingress itself. Batches are ``serving.coalescing``'s: one model call at a time, and the calls
+    that arrive meanwhile ride in the next (up to ``batching.max_batch_size`` texts, after at most
+    ``batching.batch_wait_timeout_s`` for company), as Ray Serve's ``@serve.batch`` would group them.
     """
 
     def __init__(self, role: Role, settings: ModelSettings, location: str | None = None) -> None:
@@ -98,9 +54,13 @@ class ModelRunner:
             threads=settings.threads,
             max_length=settings.max_length,
         )
-        # @serve.batch adds these setters to the method; its static arguments are only defaults.
-        self._batched.set_max_batch_size(settings.batching.max_batch_size)  # type: ignore[attr-defined]
-        self._batched.set_batch_wait_timeout_s(settings.batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._batches = Coalescer(
+            self._run_batch,
+            max_texts=settings.batching.max_batch_size,
+            in_flight=1,
+            shared_errors=(DeadlinePassed,),
+            wait_s=settings.batching.batch_wait_timeout_s,
+        )
         # Warm up, so that "constructed" means "has answered once" (readiness relies on it); the timed
         # second pass seeds the ingress's estimate of what a text costs on this role.
         self.backend.logits(["warm up"] * WARM_UP_TEXTS)
@@ -118,28 +78,22 @@ class ModelRunner:
         """
         self._metrics.queued(len(texts))
         try:
-            result = await self._batched((texts, deadline))
+            return await self._batches.call(texts, deadline)
         finally:
             self._metrics.queued(-len(texts))
-        if isinstance(result, Exception):
-            raise result  # this call's texts failed the model, or its deadline passed; the others were answered
-        return result
 
-    @serve.batch(max_batch_size=c.DEFAULT_MAX_BATCH_SIZE, batch_size_fn=_count_texts)
-    async def _batched(self, calls: list[Call]) -> list[CallResult]:
-        return await self.answer_live(calls)
+    async def _run_batch(self, texts: list[str], deadline: float | None) -> tuple[np.ndarray, float]:
+        """One model call, off the event loop (the process keeps accepting the next batch's calls meanwhile).
 
-    async def answer_live(self, calls: list[Call]) -> list[CallResult]:
-        """Answer the calls whose deadline has not passed; the others get ``DeadlinePassed``."""
-        now = time.time()
-        live = [i for i, (_, deadline) in enumerate(calls) if deadline is None or deadline > now]
-        results: list[CallResult] = [DeadlinePassed("the caller's deadline passed before the batch ran")] * len(calls)
-        if live:
-            self._metrics.batch(sum(len(calls[i][0]) for i in live))
-            answered = await answer_batch(self.backend.logits, [calls[i][0] for i in live])
-            for i, result in zip(live, answered, strict=True):
-                results[i] = result
-        return results
+        Should it fail, the batcher retries each caller's texts alone, so that a text that makes the
+        model raise (a tokenizer's edge case) fails only the call that sent it.
+        """
+        if deadline is not None and deadline <= time.time():
+            raise DeadlinePassed("the caller's deadline passed before the batch ran")
+        self._metrics.batch(len(texts))
+        started = time.perf_counter()
+        logits = await asyncio.to_thread(self.backend.logits, texts)
+        return logits, time.perf_counter() - started
 
     def info(self) -> dict[str, Any]:
         return {

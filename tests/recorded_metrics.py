@@ -50,5 +50,6 @@ def recording_factory() -> tuple[Callable[[MetricSpec], Recorded], dict[str, Rec
 
 
 def recording_metrics() -> tuple[GatewayMetrics, dict[str, Recorded]]:
+    """The gateway's metrics over recorded ones, counters unbuffered: a test reads them right after a request."""
     factory, made = recording_factory()
-    return GatewayMetrics(factory), made
+    return GatewayMetrics(factory, counter_flush_s=0), made

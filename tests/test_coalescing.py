@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
 import pytest
 
-from serving.coalescing import Answer, Coalescer
+from serving.coalescing import Answer, Coalescer, DeadlinePassed
 
 DEADLINE_S = 5.0
 
@@ -77,8 +78,9 @@ async def test_a_lone_caller_is_sent_at_once_and_alone() -> None:
 
 @in_event_loop
 async def test_callers_beyond_the_slots_share_the_next_call_each_getting_its_own_rows() -> None:
-    role, coalescer, first = await slot_taken("t-1", 10.0)
-    waiting = [asyncio.create_task(coalescer.call([f"t-{i}", f"t-{i}0"], 10.0 + i)) for i in (2, 3, 4)]
+    later = time.time() + 60  # deadlines are time.time() seconds
+    role, coalescer, first = await slot_taken("t-1", later)
+    waiting = [asyncio.create_task(coalescer.call([f"t-{i}", f"t-{i}0"], later + i)) for i in (2, 3, 4)]
     for _ in range(3):
         await asyncio.sleep(0)
     assert len(role.calls) == 1 and coalescer.calls_out == 1  # the slot is taken: they wait
@@ -86,7 +88,7 @@ async def test_callers_beyond_the_slots_share_the_next_call_each_getting_its_own
     await role.until_calls(2)
     role.gates[1].set()
     answers = await asyncio.gather(first, *waiting)
-    assert role.calls[1] == (["t-2", "t-20", "t-3", "t-30", "t-4", "t-40"], 14.0)  # one call, the latest deadline
+    assert role.calls[1] == (["t-2", "t-20", "t-3", "t-30", "t-4", "t-40"], later + 4)  # one call, the latest deadline
     assert [rows(answer) for answer in answers] == [[1.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]]
     assert [answer[1] for answer in answers[1:]] == pytest.approx([0.02, 0.02, 0.02])  # the call's 0.06 s, shared
     assert coalescer.calls_out == 0
@@ -177,3 +179,42 @@ async def test_more_slots_send_more_calls_at_once() -> None:
         gate.set()
     assert [rows(answer) for answer in await asyncio.gather(*tasks)] == [[float(i)] for i in range(5)]
     assert sum(len(texts) for texts, _ in role.calls) == 5 and len(role.calls) < 5
+
+
+@in_event_loop
+async def test_a_caller_whose_deadline_passed_while_it_waited_gets_deadline_passed_unsent() -> None:
+    role, coalescer, first = await slot_taken("t-1")
+    late_deadline = time.time() + 0.05
+    late = asyncio.create_task(coalescer.call(["t-2"], late_deadline))
+    kept = asyncio.create_task(coalescer.call(["t-3"], time.time() + 60))
+    async with asyncio.timeout(DEADLINE_S):
+        while time.time() <= late_deadline:  # the first call still holds the slot
+            await asyncio.sleep(0.01)
+    role.hold = False
+    role.gates[0].set()
+    with pytest.raises(DeadlinePassed):
+        await late
+    assert rows(await kept) == [3.0] and rows(await first) == [1.0]
+    assert [texts for texts, _ in role.calls] == [["t-1"], ["t-3"]]
+
+
+@in_event_loop
+async def test_a_wait_holds_a_lone_caller_until_a_full_call_of_texts_waits() -> None:
+    role = Role()
+    coalescer = Coalescer(role.send, max_texts=3, in_flight=1, wait_s=30.0)
+    first = asyncio.create_task(coalescer.call(["t-1"], None))
+    await asyncio.sleep(0.05)  # many loop turns: without the wait, the lone caller would be sent by now
+    assert role.calls == []
+    async with asyncio.timeout(DEADLINE_S):  # far below the 30 s wait: the second caller fills the call
+        second = await coalescer.call(["t-2", "t-3"], None)
+    assert rows(await first) == [1.0] and rows(second) == [2.0, 3.0]
+    assert [texts for texts, _ in role.calls] == [["t-1", "t-2", "t-3"]]
+
+
+@in_event_loop
+async def test_a_wait_ends_with_whoever_came_when_it_runs_out() -> None:
+    role = Role()
+    coalescer = Coalescer(role.send, max_texts=8, in_flight=1, wait_s=0.05)
+    async with asyncio.timeout(DEADLINE_S):
+        assert rows(await coalescer.call(["t-1"], None)) == [1.0]
+    assert [texts for texts, _ in role.calls] == [["t-1"]]

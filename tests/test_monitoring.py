@@ -183,6 +183,54 @@ def _a_redistill_run(state: Path, outcome: str = "rejected", ended: float = 1_70
     )
 
 
+class _CountedCounter:
+    def __init__(self) -> None:
+        self.incs: list[tuple[float, dict[str, str] | None]] = []
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        self.incs.append((value, tags))
+
+
+def test_a_buffered_counter_sums_increments_per_label_set_and_flushes_them_on_the_event_loop() -> None:
+    import asyncio
+
+    counter = _CountedCounter()
+    buffered = m.BufferedCounter(counter, every_s=0.05)
+
+    async def requests() -> None:
+        for _ in range(3):
+            buffered.inc(1, tags={"served_by": "student"})
+        buffered.inc(2.5, tags={"served_by": "teacher"})
+        buffered.inc(0.5)
+        assert counter.incs == []  # nothing reaches Ray's pipeline per request
+        async with asyncio.timeout(5):
+            while not counter.incs:  # the flush the first increment scheduled
+                await asyncio.sleep(0.01)
+        buffered.inc(1, tags={"served_by": "student"})  # a later increment schedules the next flush
+        async with asyncio.timeout(5):
+            while len(counter.incs) < 4:
+                await asyncio.sleep(0.01)
+
+    asyncio.run(requests())
+    assert counter.incs == [
+        (3, {"served_by": "student"}),
+        (2.5, {"served_by": "teacher"}),
+        (0.5, None),
+        (1, {"served_by": "student"}),
+    ]
+    buffered.inc(4)  # outside an event loop there is no timer to flush later: straight through
+    assert counter.incs[-1] == (4, None)
+
+
+def test_the_gateway_buffers_its_counters_but_not_its_histograms() -> None:
+    factory, made = recording_factory()
+    metrics = m.GatewayMetrics(factory)
+    kinds = {name: m.SPECS[name].kind for name in made}
+    buffered = {name for name, metric in metrics._m.items() if isinstance(metric, m.BufferedCounter)}
+    assert buffered == {name for name, kind in kinds.items() if kind == "counter"}
+    assert buffered and not any(kinds[name] == "histogram" for name in buffered)
+
+
 def test_every_series_a_rule_or_panel_reads_is_exported_or_recorded() -> None:
     exported = {name for spec in m.SPECS.values() for name in m.exported_name(spec.name, spec.kind)}
     exported |= {metric.name for metric in _a_redistill_run(Path(tempfile.mkdtemp())).collect()}

@@ -1,70 +1,121 @@
-"""A text that makes the model raise fails only its own call, not the others batched beside it."""
+"""The model runner's batches: one model call for concurrent callers, each answered with its own rows.
+
+A text that makes the model raise fails only its own call; a caller whose deadline passed is not
+computed; a lone call runs at once, and ``batch_wait_timeout_s`` holds it for company.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 
-from serving.replica import answer_batch
+from serving.coalescing import DeadlinePassed
+from serving.config import ModelSettings
+from serving.replica import ModelRunner
 from tests.builders import TinyPair
 
 
-def _model(texts: list[str]) -> np.ndarray:
-    """Logits from the text's length; raises on a poison text, as a tokenizer's edge case would."""
-    if any("poison" in text for text in texts):
-        raise RuntimeError("the tokenizer choked")
-    return np.asarray([[len(text), -len(text)] for text in texts], dtype=np.float32)
+class Recording:
+    """The runner's model, recording every call; raises on a poison text, as a tokenizer's edge case would."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self.calls: list[list[str]] = []
+        self._model = runner.backend.logits
+        runner.backend.logits = self  # type: ignore[method-assign]
+
+    def alone(self, texts: list[str]) -> np.ndarray:
+        """The model's logits for ``texts``, unrecorded."""
+        return self._model(texts)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        if any("poison" in text for text in texts):
+            raise RuntimeError("the tokenizer choked")
+        return self._model(texts)
 
 
-def test_a_failing_text_fails_only_its_own_call() -> None:
-    calls = [["fine one"], ["poison pill"], ["fine two", "three"]]
-    first, second, third = asyncio.run(answer_batch(_model, calls))
-    assert isinstance(second, RuntimeError)
-    assert not isinstance(first, Exception) and not isinstance(third, Exception)
-    np.testing.assert_array_equal(first[0], _model(["fine one"]))
-    np.testing.assert_array_equal(third[0], _model(["fine two", "three"]))
-    assert first[1] >= 0 and third[1] >= 0  # each call still reports the compute it used
+def runner_for(tiny_pair: TinyPair, wait_s: float = 0.0, max_batch_size: int = 8) -> tuple[ModelRunner, Recording]:
+    settings = ModelSettings.model_validate(
+        {
+            "model": str(tiny_pair.student),
+            "max_length": 32,
+            "batching": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": wait_s},
+        }
+    )
+    runner = ModelRunner("student", settings)
+    return runner, Recording(runner)
 
 
-def test_a_healthy_batch_is_one_model_call_split_back_in_order() -> None:
-    seen: list[list[str]] = []
-
-    def counting(texts: list[str]) -> np.ndarray:
-        seen.append(texts)
-        return _model(texts)
-
-    results = asyncio.run(answer_batch(counting, [["a"], ["bb", "ccc"]]))
-    assert seen == [["a", "bb", "ccc"]]
-    assert [r[0].shape[0] for r in results if not isinstance(r, Exception)] == [1, 2]
-    np.testing.assert_array_equal(results[1][0], _model(["bb", "ccc"]))  # type: ignore[index]
+async def _concurrently(runner: ModelRunner, calls: list[list[str]]) -> list[tuple[np.ndarray, float] | BaseException]:
+    """The calls at once, the first alone in the model while the others queue behind it."""
+    return await asyncio.gather(*(runner.logits(texts) for texts in calls), return_exceptions=True)
 
 
-def test_a_lone_failing_call_raises() -> None:
+def test_concurrent_calls_share_a_model_call_split_back_in_order(tiny_pair: TinyPair) -> None:
+    runner, model = runner_for(tiny_pair)
+    calls = [["first"], ["a"], ["bb", "ccc"], ["dddd"]]
+    answers = asyncio.run(_concurrently(runner, calls))
+    assert model.calls == [["first"], ["a", "bb", "ccc", "dddd"]]  # the first ran alone; the rest waited for it
+    for texts, answer in zip(calls, answers, strict=True):
+        assert not isinstance(answer, BaseException)
+        logits, seconds = answer
+        np.testing.assert_allclose(logits, model.alone(texts))
+        assert seconds > 0  # each call reports its share of the batch's compute
+
+
+def test_a_failing_text_fails_only_its_own_call(tiny_pair: TinyPair) -> None:
+    runner, model = runner_for(tiny_pair)
+    first, fine, poisoned, other = asyncio.run(
+        _concurrently(runner, [["first"], ["fine one"], ["poison pill"], ["fine two", "three"]])
+    )
+    assert isinstance(poisoned, RuntimeError)
+    for answer in (first, fine, other):
+        assert not isinstance(answer, BaseException)
+    assert ["fine one", "poison pill", "fine two", "three"] in model.calls  # tried together first, then alone
+    assert ["fine two", "three"] in model.calls
+
+
+def test_a_lone_failing_call_raises(tiny_pair: TinyPair) -> None:
+    runner, _ = runner_for(tiny_pair)
     with pytest.raises(RuntimeError, match="choked"):
-        asyncio.run(answer_batch(_model, [["poison"]]))
+        asyncio.run(runner.logits(["poison"]))
 
 
 def test_calls_whose_deadline_passed_are_dropped_unrun(tiny_pair: TinyPair) -> None:
     """A backlog (a replica that was stopped, an overload) is not computed for callers that are gone."""
-    import asyncio
-    import time
+    runner, model = runner_for(tiny_pair)
 
-    from serving.config import ModelSettings
-    from serving.replica import DeadlinePassed, ModelRunner
+    async def scenario() -> list[tuple[np.ndarray, float] | BaseException]:
+        now = time.time()
+        calls = [(["first"], None), (["gone"], now - 1), (["live"], now + 60), (["no deadline"], None)]
+        return list(await asyncio.gather(*(runner.logits(*call) for call in calls), return_exceptions=True))
 
-    runner = ModelRunner("student", ModelSettings(model=str(tiny_pair.student), max_length=32))
-    ran: list[list[str]] = []
-    model = runner.backend.logits
+    first, gone, live, no_deadline = asyncio.run(scenario())
+    assert isinstance(gone, DeadlinePassed)
+    assert not any(isinstance(answer, BaseException) for answer in (first, live, no_deadline))
+    assert model.calls == [["first"], ["live", "no deadline"]]
 
-    def recording(texts: list[str]) -> np.ndarray:
-        ran.append(list(texts))
-        return model(texts)
 
-    runner.backend.logits = recording  # type: ignore[method-assign]
-    now = time.time()
-    results = asyncio.run(runner.answer_live([(["gone"], now - 1), (["live"], now + 60), (["no deadline"], None)]))
-    assert isinstance(results[0], DeadlinePassed)
-    assert not isinstance(results[1], Exception) and not isinstance(results[2], Exception)
-    assert ran == [["live", "no deadline"]]
+def test_a_lone_late_call_is_not_computed(tiny_pair: TinyPair) -> None:
+    runner, model = runner_for(tiny_pair)
+    with pytest.raises(DeadlinePassed):
+        asyncio.run(runner.logits(["late"], time.time() - 1))
+    assert model.calls == []
+
+
+def test_the_batch_wait_holds_a_lone_call_until_the_batch_fills(tiny_pair: TinyPair) -> None:
+    """``batch_wait_timeout_s`` holds a call for company; a full batch goes at once."""
+    runner, model = runner_for(tiny_pair, wait_s=30.0, max_batch_size=3)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(runner.logits(["one"]))
+        await asyncio.sleep(0.05)  # many loop turns: without the wait, the lone call would have run
+        assert model.calls == []
+        async with asyncio.timeout(10):  # far below the 30 s wait: these texts fill the batch
+            await asyncio.gather(first, runner.logits(["two", "three"]))
+
+    asyncio.run(scenario())
+    assert model.calls == [["one", "two", "three"]]
