@@ -240,9 +240,8 @@ class HAProxy:
         """New requests get a 503 ``draining`` with ``Retry-After``; wait for the accepted ones to finish.
 
         Then the listener closes (new connections are refused) and the connections it had accepted
-        get their answer before ``stop``: HAProxy's soft stop closes a connection whose request it
-        has not read yet, which its client sees as a request cut. Returns how many requests were still
-        in flight at the deadline (0 on a clean drain).
+        get their answer before ``stop``, so that the soft stop finds none whose request is still
+        unread. Returns how many requests were still in flight at the deadline (0 on a clean drain).
         """
         self._admin_command("set server serve/ray state maint")
         started = time.monotonic()
