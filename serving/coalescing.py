@@ -82,6 +82,8 @@ class Coalescer:
     async def call(self, texts: list[str], deadline: float | None) -> Answer:
         """Logits for ``texts`` (at most ``max_texts`` of them), alone now or merged into the next call."""
         if self._running < self.in_flight and not self._waiting and self.wait_s <= 0:
+            if deadline is not None and deadline <= time.time():
+                raise _late()
             self._running += 1
             try:
                 return await self._send(texts, deadline)
@@ -143,7 +145,7 @@ class Coalescer:
             if waiting.future.done():  # its caller stopped waiting (a timeout, a client gone)
                 continue
             if waiting.deadline is not None and waiting.deadline <= now:
-                waiting.future.set_exception(DeadlinePassed("the caller's deadline passed before its call was sent"))
+                waiting.future.set_exception(_late())
                 continue
             group.append(waiting)
             count += len(waiting.texts)
@@ -181,6 +183,10 @@ class Coalescer:
         else:
             if not waiting.future.done():
                 waiting.future.set_result(answer)
+
+
+def _late() -> DeadlinePassed:
+    return DeadlinePassed("the caller's deadline passed before its call was sent")
 
 
 def _fail(group: list[_Waiting], error: BaseException) -> None:

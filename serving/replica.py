@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from router import CascadePolicy, Signal
 from serving import constants as c
 from serving.backends import load_backend
-from serving.coalescing import Coalescer, DeadlinePassed
+from serving.coalescing import Coalescer
 from serving.config import ModelSettings
 from serving.metrics import ReplicaMetrics
 from serving.model_ref import check_same_labels, resolve_model
@@ -58,7 +58,6 @@ class ModelRunner:
             self._run_batch,
             max_texts=settings.batching.max_batch_size,
             in_flight=1,
-            shared_errors=(DeadlinePassed,),
             wait_s=settings.batching.batch_wait_timeout_s,
         )
         # Warm up, so that "constructed" means "has answered once" (readiness relies on it); the timed
@@ -82,14 +81,13 @@ class ModelRunner:
         finally:
             self._metrics.queued(-len(texts))
 
-    async def _run_batch(self, texts: list[str], deadline: float | None) -> tuple[np.ndarray, float]:
+    async def _run_batch(self, texts: list[str], _deadline: float | None) -> tuple[np.ndarray, float]:
         """One model call, off the event loop (the process keeps accepting the next batch's calls meanwhile).
 
+        Late callers never reach it: the batcher answers them ``DeadlinePassed``.
         Should it fail, the batcher retries each caller's texts alone, so that a text that makes the
         model raise (a tokenizer's edge case) fails only the call that sent it.
         """
-        if deadline is not None and deadline <= time.time():
-            raise DeadlinePassed("the caller's deadline passed before the batch ran")
         self._metrics.batch(len(texts))
         started = time.perf_counter()
         logits = await asyncio.to_thread(self.backend.logits, texts)

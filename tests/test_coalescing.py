@@ -71,8 +71,9 @@ async def slot_taken(
 async def test_a_lone_caller_is_sent_at_once_and_alone() -> None:
     role = Role()
     coalescer = Coalescer(role.send, max_texts=8, in_flight=1)
-    answer = await coalescer.call(["t-1", "t-2"], 12.0)
-    assert role.calls == [(["t-1", "t-2"], 12.0)]
+    deadline = time.time() + 60  # time.time() seconds, passed on as it is
+    answer = await coalescer.call(["t-1", "t-2"], deadline)
+    assert role.calls == [(["t-1", "t-2"], deadline)]
     assert rows(answer) == [1.0, 2.0] and answer[1] == pytest.approx(0.02)
 
 
@@ -218,3 +219,12 @@ async def test_a_wait_ends_with_whoever_came_when_it_runs_out() -> None:
     async with asyncio.timeout(DEADLINE_S):
         assert rows(await coalescer.call(["t-1"], None)) == [1.0]
     assert [texts for texts, _ in role.calls] == [["t-1"]]
+
+
+@in_event_loop
+async def test_a_lone_caller_already_late_is_not_sent() -> None:
+    role = Role()
+    coalescer = Coalescer(role.send, max_texts=8, in_flight=1)
+    with pytest.raises(DeadlinePassed):
+        await coalescer.call(["t-1"], time.time() - 1)
+    assert role.calls == [] and coalescer.calls_out == 0
