@@ -62,6 +62,8 @@ class FrontProxySettings(_Strict):
     max_connections: PositiveInt = c.DEFAULT_FRONT_MAX_CONNECTIONS
     max_in_flight: PositiveInt = c.DEFAULT_FRONT_MAX_IN_FLIGHT
     max_header_bytes: int = Field(c.DEFAULT_FRONT_MAX_HEADER_BYTES, ge=4096, le=1_048_576)
+    threads: PositiveInt = c.DEFAULT_FRONT_THREADS
+    """HAProxy's threads: one relays far more than the ingress behind it can answer."""
 
 
 class HttpSettings(_Strict):
@@ -324,6 +326,11 @@ class BatchingSettings(_Strict):
 
     max_batch_size: PositiveInt = c.DEFAULT_MAX_BATCH_SIZE
     batch_wait_timeout_s: NonNegativeFloat = c.DEFAULT_BATCH_WAIT_TIMEOUT_S
+    run_on: Literal["auto", "event_loop", "worker_thread"] = "auto"
+    """Where a batch computes. ``worker_thread`` keeps the replica's event loop free meanwhile (a
+    model whose batch takes tens of milliseconds); ``event_loop`` saves the hop to the thread and
+    back, which costs more than a batch of a tiny model; ``auto`` takes ``event_loop`` when the
+    warm-up measured a full batch at most ``EVENT_LOOP_MAX_BATCH_S`` (5 ms)."""
 
 
 class ModelSettings(_Strict):

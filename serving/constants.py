@@ -65,6 +65,17 @@ DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.0
 itself (the model runs off the event loop meanwhile); a lone request is not held back. A 5 ms wait
 cost every single request 5 ms more (measured by hand, one request at a time through the gateway with
 the student inside the ingress: p50 11 → 4 ms)."""
+EVENT_LOOP_MAX_BATCH_S = 0.005
+"""``batching.run_on: auto`` runs a model's batches on the event loop when a full batch, as the warm-up
+measured it, takes at most this long (the bag-of-embeddings student: about 2.5 ms for 32 texts; a
+two-layer MiniLM student: about 13 ms; the teacher: about 37 ms). Below it, the hop to a worker
+thread and back costs the loop more than the loop would spend computing: with 32 users on the
+colocated student, 1,185 -> 1,388 and 1,461 requests/s (by hand, ``benchmarks/profile_path``'s
+setup, 15 s windows, alternating)."""
+EVENT_LOOP_GATHER_S = 0.0001
+"""On the event loop, a call waits this long for company when ``batch_wait_timeout_s`` is 0: the model
+would otherwise run each call alone before the next request's task got its turn (928 req/s, fewer
+than in a worker thread). Requests whose bytes arrived together join it; a lone request is 0.1 ms later."""
 CALLS_IN_FLIGHT_PER_REPLICA = 2
 """Calls one ingress keeps out to a remote role, per replica the role may run: one batch computing and
 one waiting on each replica, so no replica idles between batches. Callers beyond that wait and share
@@ -109,6 +120,11 @@ DEFAULT_FRONT_QUEUE_TIMEOUT_S = 0.25
 DEFAULT_FRONT_MAX_CONNECTIONS = 4096
 DEFAULT_FRONT_MAX_IN_FLIGHT = 32
 DEFAULT_FRONT_MAX_HEADER_BYTES = 16_384
+DEFAULT_FRONT_THREADS = 1
+"""HAProxy's threads (``nbthread``; its own default is one per core). One thread relays tens of thousands
+of requests a second, far more than the Python ingress behind it; on 2 shared cores a second thread cost
+CPU on every request (by hand, 32 users on route student, with Ray's HAProxy metrics off as well:
+0.17 -> 0.13-0.14 ms of HAProxy CPU per request)."""
 # On Ctrl-C / SIGTERM: how long the requests already accepted may take to finish (new ones get a 503).
 # Above the default request timeout, so that a request in flight is answered, not cut.
 DRAIN_TIMEOUT_S = 15.0
@@ -155,12 +171,19 @@ def cascade_home() -> Path:
 # 20 s windows on 2 cores, req/s without → with: route student 1,433 / 1,148 → 1,152 / 1,116; auto
 # (32 users) 1,072 / 608 → 835 / 762; teacher (16 users) 219 / 191 → 225 / 234. Within this machine's
 # noise, except perhaps the teacher's handle calls (gRPC): not adopted until a longer run shows a gain.
+#
+# Ray's HAProxy writes a log line per request to a socket that Ray's HAProxyManager parses into Ray
+# Serve's HTTP metrics (serve_num_http_requests, serve_http_request_latency_ms). The gateway exports
+# its own per request (cascade_requests_total, cascade_request_duration_seconds), which the dashboards
+# use; the parsing cost 0.08 ms of CPU per request, HAProxy's formatting more (by hand, 32 users on
+# route student: 1.12 -> 1.02 ms over all processes, 1,193 -> 1,277 req/s). Off unless you set it.
 RAY_ENVIRONMENT_DEFAULTS = {
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
 }
 
 RAY_HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"

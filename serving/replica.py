@@ -54,18 +54,26 @@ class ModelRunner:
             threads=settings.threads,
             max_length=settings.max_length,
         )
-        self._batches = Coalescer(
-            self._run_batch,
-            max_texts=settings.batching.max_batch_size,
-            in_flight=1,
-            wait_s=settings.batching.batch_wait_timeout_s,
-        )
         # Warm up, so that "constructed" means "has answered once" (readiness relies on it); the timed
         # second pass seeds the ingress's estimate of what a text costs on this role.
         self.backend.logits(["warm up"] * WARM_UP_TEXTS)
         started = time.perf_counter()
         self.backend.logits(["warm up"] * WARM_UP_TEXTS)
         self.seconds_per_text = (time.perf_counter() - started) / WARM_UP_TEXTS
+        batching = settings.batching
+        self.on_event_loop = runs_on_event_loop(batching.run_on, self.seconds_per_text, batching.max_batch_size)
+        wait_s = batching.batch_wait_timeout_s
+        if self.on_event_loop and wait_s <= 0:
+            wait_s = c.EVENT_LOOP_GATHER_S
+        self._batches = Coalescer(self._run_batch, max_texts=batching.max_batch_size, in_flight=1, wait_s=wait_s)
+        logger.warning(
+            "%s %s: batches run on the %s (a full batch of %d took about %.1f ms at warm-up)",
+            role,
+            self.ref.version,
+            "event loop" if self.on_event_loop else "worker thread",
+            batching.max_batch_size,
+            1000 * self.seconds_per_text * batching.max_batch_size,
+        )
         self._metrics = ReplicaMetrics(role, self.ref.version)
 
     async def logits(self, texts: list[str], deadline: float | None = None) -> tuple[np.ndarray, float]:
@@ -82,7 +90,8 @@ class ModelRunner:
             self._metrics.queued(-len(texts))
 
     async def _run_batch(self, texts: list[str], _deadline: float | None) -> tuple[np.ndarray, float]:
-        """One model call, off the event loop (the process keeps accepting the next batch's calls meanwhile).
+        """One model call: in a worker thread (the process keeps accepting the next batch's calls
+        meanwhile) or, for a model fast enough, right on the event loop (``batching.run_on``).
 
         Late callers never reach it: the batcher answers them ``DeadlinePassed``.
         Should it fail, the batcher retries each caller's texts alone, so that a text that makes the
@@ -90,7 +99,10 @@ class ModelRunner:
         """
         self._metrics.batch(len(texts))
         started = time.perf_counter()
-        logits = await asyncio.to_thread(self.backend.logits, texts)
+        if self.on_event_loop:
+            logits = self.backend.logits(texts)
+        else:
+            logits = await asyncio.to_thread(self.backend.logits, texts)
         return logits, time.perf_counter() - started
 
     def info(self) -> dict[str, Any]:
@@ -105,7 +117,15 @@ class ModelRunner:
             "threads": self.settings.threads,
             "max_batch_size": self.settings.batching.max_batch_size,
             "seconds_per_text": self.seconds_per_text,
+            "batches_run_on": "event_loop" if self.on_event_loop else "worker_thread",
         }
+
+
+def runs_on_event_loop(run_on: str, seconds_per_text: float, max_batch_size: int) -> bool:
+    """``batching.run_on``: ``auto`` keeps a model on the event loop when a full batch is that fast."""
+    if run_on == "auto":
+        return seconds_per_text * max_batch_size <= c.EVENT_LOOP_MAX_BATCH_S
+    return run_on == "event_loop"
 
 
 async def swap_runner(

@@ -24,7 +24,10 @@ def _render(tmp_path: Path, **settings: object) -> str:
 
 
 def test_config_carries_the_timeouts_limits_and_the_request_id_rule(tmp_path: Path) -> None:
-    config = _render(tmp_path, header_timeout_s=2.5, max_connections=1000, max_in_flight=64, queue_timeout_s=0.5)
+    config = _render(
+        tmp_path, header_timeout_s=2.5, max_connections=1000, max_in_flight=64, queue_timeout_s=0.5, threads=3
+    )
+    assert "nbthread 3" in config
     assert "timeout http-request 2500ms" in config and "timeout queue 500ms" in config
     assert "option http-buffer-request" in config  # the body counts in the header timeout
     assert "bind 0.0.0.0:8000" in config and "maxconn 1000" in config
