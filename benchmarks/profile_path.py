@@ -43,7 +43,10 @@ CATEGORIES = {
     "FastAPI and Starlette (routing, middleware, response)": ("FastAPI.__call__",),
     "our handler (GatewayIngress.classify_answer)": ("GatewayIngress.classify",),
     "  the cascade (Gateway.answer)": ("Gateway.answer",),
-    "  the model (ModelRunner.logits)": ("ModelRunner.logits",),
+    "  waiting for the model (ModelRunner.logits)": ("ModelRunner.logits",),
+    "the model's batches on the loop (ModelRunner._run_batch; in a worker thread they are not here)": (
+        "ModelRunner._run_batch",
+    ),
     "Ray metrics (Metric._record)": ("Metric._record",),
     "a handle call to another replica (router)": ("AsyncioRouter.assign_request", "DeploymentResponse.__await__"),
     "batch queueing (@serve.batch before, serving.coalescing now)": (
