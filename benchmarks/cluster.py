@@ -106,19 +106,25 @@ def _query(url: str, promql: str) -> list[dict[str, Any]]:
     return rows
 
 
-def counted(prometheus: str, expected: int, deadline_s: float = 90.0) -> dict[str, Any]:
-    """Wait until Prometheus's sum of texts served equals ``expected``; what it saw, per node too."""
+def counted(prometheus: str, expected: int, instances: int = 0, deadline_s: float = 90.0) -> dict[str, Any]:
+    """Wait until Prometheus's sum of texts served equals ``expected`` and at least ``instances`` nodes
+    report cascade metrics; what it saw, per node too.
+
+    Each node's agent exports on its own schedule and Prometheus scrapes each on its own: the head's
+    request counter may arrive before a student node's batch histogram, so both are waited for.
+    """
     end = time.monotonic() + deadline_s
     total = -1.0
+    reporting: list[dict[str, Any]] = []
     while time.monotonic() < end:
         rows = _query(prometheus, "sum(ray_cascade_requests_total)")
         total = float(rows[0]["value"][1]) if rows else 0.0
-        if total == expected:
+        reporting = _query(prometheus, 'count by (instance) ({__name__=~"ray_cascade_.+"})')
+        if total == expected and len(reporting) >= instances:
             break
         time.sleep(1)
     targets = _query(prometheus, 'up{job="ray"}')
     per_instance = _query(prometheus, "sum by (instance) (ray_cascade_requests_total)")
-    reporting = _query(prometheus, 'count by (instance) ({__name__=~"ray_cascade_.+"})')
     return {
         "expected": expected,
         "summed": total,
@@ -193,7 +199,9 @@ def run_cluster(settings: ClusterSettings, log: Any = print) -> dict[str, Any]:
         log(f"placement: {placement}")
         prometheus, prometheus_url = cluster_prometheus(cluster, settings.work)
         send(url, settings.counted_requests)
-        metrics = counted(prometheus_url, settings.counted_requests)
+        # Every request passes the ingress and a student: those nodes report, whether or not the teacher ran.
+        serving_nodes = {*placement.get("gateway", []), *placement.get("student", [])}
+        metrics = counted(prometheus_url, settings.counted_requests, instances=len(serving_nodes))
         log(f"metrics: {metrics}")
         victim = next(node for node in placement.get("student", []) if node.startswith("cpu"))
         recovery = _kill_under_load(cluster, settings, url, victim, log)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from serving.constants import RAY_ENVIRONMENT_DEFAULTS, new_ray_haproxy_folder, ray_haproxy_environment
 from serving.lifecycle import release_ray_haproxy
 from serving.ports import free_local_port
@@ -160,18 +162,32 @@ class LocalCluster:
         raise LookupError(f"no raylet for node {name} (node-manager port {port})")
 
     def kill_node(self, name: str) -> int:
-        """SIGKILL the node's raylet, as a node that dies: its workers and replicas go with it."""
+        """SIGKILL the node's raylet and every process it started (agents, workers, replicas), as a node that dies.
+
+        The raylet alone is not enough: its dashboard and runtime-env agents, which rename themselves
+        (so ``stop`` cannot find them by the cluster's folder), outlived it on a loaded machine.
+        """
         pid = self.raylet_pid(name)
-        os.kill(pid, signal.SIGKILL)
+        try:
+            family = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+        except psutil.NoSuchProcess:
+            family = [pid]
+        for member in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
         return pid
 
     def stop(self) -> None:
-        """End every process of this cluster (its temp folder is in each one's command line), then the folder."""
+        """End every process of this cluster (its temp folder is in their command lines) and what they
+        started, then the folder."""
         marker = str(self.temp_dir)
         for _ in range(5):
-            mine = [pid for pid, command in _processes() if marker in command and pid != os.getpid()]
+            mine = {pid for pid, command in _processes() if marker in command and pid != os.getpid()}
             if not mine:
                 break
+            for pid in list(mine):  # with what they started: Ray's agents rename themselves, losing the marker
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    mine.update(child.pid for child in psutil.Process(pid).children(recursive=True))
             for pid in mine:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

@@ -31,7 +31,8 @@ def test_roles_land_where_configured_metrics_add_up_and_a_dead_cpu_node_is_repla
     metrics = result["metrics"]
     assert metrics["exact"], metrics  # Prometheus's sum over every node = the texts sent
     assert metrics["scraped_targets_up"] == metrics["scraped_targets"] >= 4  # every node's agent, via file_sd
-    assert metrics["instances_reporting_cascade_metrics"] >= 3  # router on the head, students, the teacher
+    # The head (router) and both student nodes; the teacher's node too once it has run a batch.
+    assert metrics["instances_reporting_cascade_metrics"] >= 3
     kill = result["node_kill"]
     assert kill["succeeded_share"] >= 0.99, kill
     assert kill["recovery_s"] is not None, "the student on the dead node was never replaced"
