@@ -70,12 +70,12 @@ EVENT_LOOP_MAX_BATCH_S = 0.005
 measured it, takes at most this long (the bag-of-embeddings student: about 2.5 ms for 32 texts; a
 two-layer MiniLM student: about 13 ms; the teacher: about 37 ms). Below it, the hop to a worker
 thread and back costs the loop more than the loop would spend computing: with 32 users on the
-colocated student, 1,185 -> 1,388 and 1,461 requests/s (by hand, ``benchmarks/profile_path``'s
-setup, 15 s windows, alternating)."""
+colocated student, 1,118-1,159 requests/s in a thread against 1,175-1,333 on the loop (by hand,
+``benchmarks/profile_path``'s setup, 15 s windows, three pairs alternating)."""
 EVENT_LOOP_GATHER_S = 0.0001
 """On the event loop, a call waits this long for company when ``batch_wait_timeout_s`` is 0: the model
-would otherwise run each call alone before the next request's task got its turn (928 req/s, fewer
-than in a worker thread). Requests whose bytes arrived together join it; a lone request is 0.1 ms later."""
+would otherwise run each call alone before the next request's task got its turn (928 req/s against
+1,239 in a worker thread, in one run). Requests whose bytes arrived together join it; a lone request is 0.1 ms later."""
 CALLS_IN_FLIGHT_PER_REPLICA = 2
 """Calls one ingress keeps out to a remote role, per replica the role may run: one batch computing and
 one waiting on each replica, so no replica idles between batches. Callers beyond that wait and share
