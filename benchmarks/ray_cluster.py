@@ -168,13 +168,7 @@ class LocalCluster:
         (so ``stop`` cannot find them by the cluster's folder), outlived it on a loaded machine.
         """
         pid = self.raylet_pid(name)
-        try:
-            family = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
-        except psutil.NoSuchProcess:
-            family = [pid]
-        for member in family:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(member, signal.SIGKILL)
+        _kill_with_descendants({pid})
         return pid
 
     def stop(self) -> None:
@@ -185,12 +179,7 @@ class LocalCluster:
             mine = {pid for pid, command in _processes() if marker in command and pid != os.getpid()}
             if not mine:
                 break
-            for pid in list(mine):  # with what they started: Ray's agents rename themselves, losing the marker
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    mine.update(child.pid for child in psutil.Process(pid).children(recursive=True))
-            for pid in mine:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            _kill_with_descendants(mine)  # Ray's agents rename themselves, losing the marker
             time.sleep(1)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         release_ray_haproxy(self.haproxy_folder)
@@ -199,6 +188,17 @@ class LocalCluster:
 def _marker(name: str) -> str:
     """A custom resource (1 unit) that names a node, so that Ray's node list can be read back by name."""
     return "cluster_node_" + "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def _kill_with_descendants(pids: set[int]) -> None:
+    """SIGKILL these processes and every process they started."""
+    family = set(pids)
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _processes() -> list[tuple[int, str]]:

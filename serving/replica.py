@@ -66,11 +66,11 @@ class ModelRunner:
         if self.on_event_loop and wait_s <= 0:
             wait_s = c.EVENT_LOOP_GATHER_S
         self._batches = Coalescer(self._run_batch, max_texts=batching.max_batch_size, in_flight=1, wait_s=wait_s)
-        logger.warning(
-            "%s %s: batches run on the %s (a full batch of %d took about %.1f ms at warm-up)",
+        logger.info(
+            "%s %s: batches run on %s (a full batch of %d took about %.1f ms at warm-up)",
             role,
             self.ref.version,
-            "event loop" if self.on_event_loop else "worker thread",
+            self.batches_run_on,
             batching.max_batch_size,
             1000 * self.seconds_per_text * batching.max_batch_size,
         )
@@ -105,6 +105,10 @@ class ModelRunner:
             logits = await asyncio.to_thread(self.backend.logits, texts)
         return logits, time.perf_counter() - started
 
+    @property
+    def batches_run_on(self) -> str:
+        return "event_loop" if self.on_event_loop else "worker_thread"
+
     def info(self) -> dict[str, Any]:
         return {
             "role": self.role,
@@ -117,7 +121,7 @@ class ModelRunner:
             "threads": self.settings.threads,
             "max_batch_size": self.settings.batching.max_batch_size,
             "seconds_per_text": self.seconds_per_text,
-            "batches_run_on": "event_loop" if self.on_event_loop else "worker_thread",
+            "batches_run_on": self.batches_run_on,
         }
 
 
