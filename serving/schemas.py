@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -110,6 +111,15 @@ def _bounded_int(literal: str) -> int:
     return int(literal)
 
 
+_DECODER = json.JSONDecoder(parse_int=_bounded_int)
+"""One decoder for every body: ``json.loads`` with ``parse_int`` builds a new one per call."""
+
+
+def _decode(body: bytes) -> Any:
+    """``json.loads(body, parse_int=_bounded_int)``: the same encoding detection, the shared decoder."""
+    return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+
+
 def _invisible(character: str) -> bool:
     """Whitespace and format characters (zero-width space, BOM, joiners): nothing a model can read."""
     return character.isspace() or unicodedata.category(character) == "Cf"
@@ -136,7 +146,7 @@ def parse_classify_request(body: bytes, limits: LimitSettings) -> ClassifyReques
     if len(body) > limits.max_body_bytes:
         raise PayloadTooLarge(limits.max_body_bytes, len(body))
     try:
-        payload = json.loads(body, parse_int=_bounded_int)
+        payload = _decode(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidJSON(f"request body is not valid JSON: {error}") from None
     except RecursionError:

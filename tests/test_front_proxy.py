@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from serving.config import FrontProxySettings
-from serving.front_proxy import ERROR_RESPONSES, error_file, render_config, wanted
+from serving.front_proxy import DISCONNECT_WATCH_OFF, ERROR_RESPONSES, error_file, render_config, wanted
 
 
 def _render(tmp_path: Path, **settings: object) -> str:
@@ -37,6 +37,17 @@ def test_config_carries_the_timeouts_limits_and_the_request_id_rule(tmp_path: Pa
     assert '"type": "draining"' in config and "hdr Retry-After 5" in config
     for status, *_ in ERROR_RESPONSES:
         assert f"errorfile {status} {tmp_path / f'{status}.http'}" in config
+
+
+def test_requests_through_it_tell_ray_not_to_watch_for_a_hang_up(tmp_path: Path) -> None:
+    """Ray's direct ingress skips its two tasks per request only for this exact header and value."""
+    from ray.serve._private.http_util import parse_disconnect_disabled_header
+
+    (line,) = [line for line in _render(tmp_path).splitlines() if DISCONNECT_WATCH_OFF in line]
+    *_, name, value = line.split()
+    assert line.strip().startswith("http-request set-header")
+    assert parse_disconnect_disabled_header({name.lower().encode(): value.encode()})
+    assert not parse_disconnect_disabled_header({})
 
 
 def test_ipv6_listen_address_is_bracketed(tmp_path: Path) -> None:
