@@ -177,6 +177,12 @@ def cascade_home() -> Path:
 # its own per request (cascade_requests_total, cascade_request_duration_seconds), which the dashboards
 # use; the parsing cost 0.08 ms of CPU per request, HAProxy's formatting more (by hand, 32 users on
 # route student: 1.12 -> 1.02 ms over all processes, 1,193 -> 1,277 req/s). Off unless you set it.
+#
+# Ray's HAProxy runs 4 threads unless told otherwise; like the front proxy's (http.front_proxy.threads),
+# one relays far more than the ingress replicas behind it answer, and the others cost CPU on every
+# request where cores are shared. By hand, 32 users on route student, six alternating pairs of 15 s
+# windows: 4 -> 1 thread won five, all processes' CPU per request 0.80-1.11 -> 0.71-1.05 ms, req/s
+# 1,181-1,681 -> 1,251-1,893 (this machine's noise is that wide; each pair ran back to back).
 RAY_ENVIRONMENT_DEFAULTS = {
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -184,6 +190,7 @@ RAY_ENVIRONMENT_DEFAULTS = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+    "RAY_SERVE_HAPROXY_NBTHREAD": "1",
 }
 
 RAY_HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
