@@ -38,7 +38,9 @@ PY_SPY_RAW = ("--nonblocking", "--threads", "-f", "raw", "-o")
 
 # Frames (function name, then file) that mark where the event loop is; inclusive shares.
 CATEGORIES = {
-    "HTTP server (uvicorn: parse, send)": ("RequestResponseCycle.run_asgi", "RequestResponseCycle.send"),
+    # Its protocol callbacks and send, not run_asgi: with Ray told not to watch for hang-ups
+    # (serving.front_proxy.DISCONNECT_WATCH_OFF), run_asgi awaits the app itself and encloses everything.
+    "HTTP server (uvicorn: parse, send)": ("HttpToolsProtocol.", "RequestResponseCycle.send"),
     "Ray's request wrapper (direct ingress, request id, metrics)": ("Replica._direct_ingress_asgi",),
     "FastAPI and Starlette (routing, middleware, response)": ("FastAPI.__call__",),
     "our handler (GatewayIngress.classify_answer)": ("GatewayIngress.classify",),
