@@ -69,7 +69,8 @@ def _process_name(process: psutil.Process) -> str:
     return Path(name.split()[0]).name
 
 
-def _cpu_by_process(root: int) -> dict[int, tuple[str, float]]:
+def cpu_by_process(root: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of ``root`` and each of its descendants, by pid, with a readable name."""
     out: dict[int, tuple[str, float]] = {}
     parent = psutil.Process(root)
     for process in [parent, *parent.children(recursive=True)]:
@@ -79,6 +80,14 @@ def _cpu_by_process(root: int) -> dict[int, tuple[str, float]]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return out
+
+
+def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each process name used between two ``cpu_by_process`` readings (new processes count whole)."""
+    spent: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        spent[name] = spent.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
+    return spent
 
 
 def _ingress_pid(root: int) -> int | None:
@@ -123,12 +132,12 @@ def profile(
             with GatewayProcess(config, driver.work / "gateway.log", port=port) as gateway:
                 driver.locust(gateway.url, users=users, seconds=5, rate_per_user=0, route="student")  # warm-up
                 # First a clean window (no profiler attached): CPU per process and throughput.
-                before = _cpu_by_process(gateway.pid)
+                before = cpu_by_process(gateway.pid)
                 started_wall = time.time()
                 records, started = driver.locust(
                     gateway.url, users=users, seconds=seconds, rate_per_user=0, route="student"
                 )
-                after = _cpu_by_process(gateway.pid)
+                after = cpu_by_process(gateway.pid)
                 # Then a second window with py-spy sampling the ingress without pausing it.
                 raw = driver.work / "spy.txt"
                 ingress_pid = _ingress_pid(gateway.pid)
@@ -142,11 +151,7 @@ def profile(
                     spy.wait(timeout=60)
                 answered = sum(1 for r in records if r["status"] == 200)
                 stats = stage_stats(records, started, 0.0, seconds)
-                per_process: dict[str, float] = {}
-                for pid, (process_name, cpu) in after.items():
-                    per_process[process_name] = (
-                        per_process.get(process_name, 0.0) + cpu - before.get(pid, (process_name, 0.0))[1]
-                    )
+                per_process = cpu_spent(before, after)
                 results[name] = {
                     "requests": answered,
                     "requests_per_s": stats["achieved_rps"],

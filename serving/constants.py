@@ -180,9 +180,10 @@ def cascade_home() -> Path:
 #
 # Ray's HAProxy runs 4 threads unless told otherwise; like the front proxy's (http.front_proxy.threads),
 # one relays far more than the ingress replicas behind it answer, and the others cost CPU on every
-# request where cores are shared. By hand, 32 users on route student, six alternating pairs of 15 s
-# windows: 4 -> 1 thread won five, all processes' CPU per request 0.80-1.11 -> 0.71-1.05 ms, req/s
-# 1,181-1,681 -> 1,251-1,893 (this machine's noise is that wide; each pair ran back to back).
+# request where cores are shared. `python -m benchmarks.alternating ... --variant "four HAProxy
+# threads:RAY_SERVE_HAPROXY_NBTHREAD=4" --variant "one HAProxy thread (default)" --pairs 4` (32 users,
+# route student, 15 s windows): one thread won all four pairs, median 1,673 against 1,537 req/s, all
+# processes' CPU per request 0.76-0.91 against 0.84-0.99 ms (and five of six pairs by hand before).
 RAY_ENVIRONMENT_DEFAULTS = {
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
