@@ -20,7 +20,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.profile_path import cpu_by_process, cpu_spent
+from benchmarks.profile_path import INGRESS_PROCESS, cpu_by_process, cpu_spent
 from benchmarks.serving_path import ServingPathSettings, gateway_config
 from loadtests.driver import LoadDriver, LoadTestSettings
 from loadtests.stats import stage_stats
@@ -75,7 +75,7 @@ def measure(
         spent = cpu_spent(before, cpu_by_process(gateway.pid))
     stats = stage_stats(records, started, WARMUP_S, seconds)
     answered = max(1, sum(1 for record in records if record["status"] == 200))
-    ingress = sum(cpu for name, cpu in spent.items() if "ServeReplica:cascade:gateway" in name)
+    ingress = sum(cpu for name, cpu in spent.items() if INGRESS_PROCESS in name)
     return Window(
         requests_per_s=float(stats["achieved_rps"]),
         p50_ms=float(stats["p50_ms"]),

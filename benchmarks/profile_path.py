@@ -34,6 +34,9 @@ CONFIGURATIONS = {
     "Ray's HAProxy, student in the ingress (now)": ("haproxy", True),
 }
 
+INGRESS_PROCESS = "ServeReplica:cascade:gateway"
+"""How the gateway's ingress replica names its process (Ray's ``ray::ServeReplica:<app>:<deployment>``)."""
+
 PY_SPY_RAW = ("--nonblocking", "--threads", "-f", "raw", "-o")
 
 # Frames (function name, then file) that mark where the event loop is; inclusive shares.
@@ -93,7 +96,7 @@ def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
 def _ingress_pid(root: int) -> int | None:
     for process in psutil.Process(root).children(recursive=True):
         try:
-            if "ServeReplica:cascade:gateway" in " ".join(process.cmdline()):
+            if INGRESS_PROCESS in " ".join(process.cmdline()):
                 return process.pid
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

@@ -41,13 +41,13 @@ LISTENER_CLOSE_S = 2.0
 """After a drain, how long the connections already accepted have to get their answer (a client that
 connected and sent nothing holds its connection until this, not until its header timeout)."""
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+"""The same rule as ``serving.ingress.safe_request_id``: what the gateway keeps of a client's id."""
 DISCONNECT_WATCH_OFF = "X-Request-Disconnect-Disabled"
 """Set on every request passed on (value ``?1``): Ray's direct ingress then awaits the app itself instead of
 running it in a task of its own beside a second task that watches the connection for a hang-up (two
 tasks and an ``asyncio.wait`` per request, 5-10% of the ingress's CPU per request). A client that hangs
 up no longer cancels its request: it runs to its end, within ``resilience.request_timeout_s``, and the
 answer goes nowhere, as with a plain server."""
-"""The same rule as ``serving.ingress.safe_request_id``: what the gateway keeps of a client's id."""
 
 # (status, reason phrase, error type, message, retry after seconds)
 ERROR_RESPONSES: tuple[tuple[int, str, str, str, int | None], ...] = (
