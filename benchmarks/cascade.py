@@ -4,7 +4,9 @@ The benchmark's models (``benchmark-distill``) early-stopped on a slice of the *
 dev split is untouched by every training step. Each dev split is halved at random: ``cascade
 calibrate``'s logic chooses on one half (the calibration half), every reported figure is measured on
 the other (the evaluation half). Repeated for ``--seeds`` different halvings, with the models fixed,
-so the spread shows how much a ~500-text half moves the result.
+so the spread shows how much a ~500-text half moves the result. A plan with ``calibration_rows`` also
+kept that many labelled training rows from every step: each calibration half gets them too (a bound on
+a 0.3-point gap needs more than ~500 texts where student and teacher are close), evaluation stays on dev.
 
 Methods, each for the target "accuracy at most 0.3 points below the teacher, at the lowest cost":
 
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.distillation import machine
+from benchmarks.distillation import CALIBRATION_FILE, PLANS, machine
 from distill.calibrate import CalibrationReport, calibrate, policy_from, rule_scores
 from distill.chain import ChainData, StageOutputs, calibrate_chain, chain_outcomes
 from distill.curve import curve, plot_curve
@@ -54,11 +56,25 @@ STUDENTS = ("bag", "layers")
 
 @dataclass(frozen=True)
 class DevOutputs:
-    """Every model's logits on the whole dev split, computed once, and its measured seconds per request."""
+    """Every model's logits on the whole dev split, computed once, and its measured seconds per request.
+
+    Rows ``dev_rows`` onwards, where a plan has them, are its extra calibration texts (``CALIBRATION_FILE``):
+    every halving adds them to its calibration half; nothing is ever measured on them.
+    """
 
     texts: list[str]
     gold: np.ndarray
     outputs: dict[str, StageOutputs]
+    dev_rows: int
+
+    @property
+    def extra_calibration_rows(self) -> np.ndarray:
+        return np.arange(self.dev_rows, len(self.texts))
+
+    def split(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(calibration rows, evaluation rows) of one halving of dev, the extra calibration texts on the first."""
+        calibration, evaluation = halves(self.dev_rows, seed)
+        return np.concatenate([calibration, self.extra_calibration_rows]), evaluation
 
     def predictions(self, student: str, rows: np.ndarray) -> Predictions:
         teacher, chosen = self.outputs["teacher"], self.outputs[student]
@@ -77,16 +93,35 @@ class DevOutputs:
         return whole.subset(rows)
 
 
-def predict_dev(folder: Path, dev: Path, threads: int) -> DevOutputs:
+def predict_dev(folder: Path, dev: Path, threads: int, calibration: Path | None = None) -> DevOutputs:
+    """Every model's logits on dev (then on ``calibration``'s texts, if given) and its seconds per request."""
     refs = {"teacher": resolve_model(str(folder / "teacher"))}
     refs |= {kind: resolve_model(str(folder / f"student-{kind}")) for kind in STUDENTS}
-    data = read_jsonl(dev, known_labels=refs["teacher"].labels)
+    labels = refs["teacher"].labels
+    data = read_jsonl(dev, known_labels=labels)
+    extra = read_jsonl(calibration, known_labels=labels) if calibration is not None else None
+    texts = data.texts + (extra.texts if extra else [])
+    gold = data.label_ids(list(labels)) + (extra.label_ids(list(labels)) if extra else [])
     outputs = {}
     for name, ref in refs.items():
         backend = load_backend(ref, threads=threads)
         seconds = time_backend(backend, data.texts[:256], 32).cpu_ms_per_example / 1000
-        outputs[name] = StageOutputs(name, batched_logits(backend, data.texts), seconds)
-    return DevOutputs(data.texts, np.asarray(data.label_ids(list(refs["teacher"].labels))), outputs)
+        outputs[name] = StageOutputs(name, batched_logits(backend, texts), seconds)
+    return DevOutputs(texts, np.asarray(gold), outputs, len(data.texts))
+
+
+def calibration_file(name: str, work: Path) -> Path | None:
+    """The plan's extra calibration texts, written by ``benchmark-distill`` (None where the plan has none)."""
+    plan = PLANS.get(name)
+    if plan is None or not plan.calibration_rows:
+        return None
+    path = work / name / CALIBRATION_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run cascade benchmark-distill for {name} first")
+    rows = sum(1 for line in path.open(encoding="utf-8") if line.strip())
+    if rows != plan.calibration_rows:
+        raise ValueError(f"{path} has {rows} rows, the plan keeps {plan.calibration_rows}: rerun benchmark-distill")
+    return path
 
 
 def halves(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +216,7 @@ def _chain(dev: DevOutputs, calibration_rows: np.ndarray, evaluation_rows: np.nd
 
 def run_seed(dev: DevOutputs, seed: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Every method on one halving; also what the curves of the primary seed need."""
-    calibration_rows, evaluation_rows = halves(len(dev.texts), seed)
+    calibration_rows, evaluation_rows = dev.split(seed)
     results: dict[str, dict[str, Any]] = {}
     curves: dict[str, Any] = {}
     for student in STUDENTS:
@@ -209,7 +244,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 def run_cascade_dataset(
     name: str, datasets: Path, work: Path, output: Path, threads: int, seeds: int
 ) -> dict[str, Any]:
-    dev = predict_dev(work / name, datasets / name / "dev.jsonl", threads)
+    dev = predict_dev(work / name, datasets / name / "dev.jsonl", threads, calibration_file(name, work))
     per_seed = []
     for seed in range(seeds):
         results, curves = run_seed(dev, seed)
@@ -240,11 +275,15 @@ def run_cascade_dataset(
     }
     return {
         "dataset": name,
-        "dev_rows": len(dev.texts),
-        "halves": [len(halves(len(dev.texts), 0)[0]), len(halves(len(dev.texts), 0)[1])],
+        "dev_rows": dev.dev_rows,
+        "halves": [len(halves(dev.dev_rows, 0)[0]), len(halves(dev.dev_rows, 0)[1])],
+        "extra_calibration_rows": len(dev.extra_calibration_rows),
         "seeds": seeds,
         "seconds_per_request": {k: v.seconds for k, v in dev.outputs.items()},
-        "accuracy_on_dev": {k: float((v.logits.argmax(axis=1) == dev.gold).mean()) for k, v in dev.outputs.items()},
+        "accuracy_on_dev": {
+            k: float((v.logits[: dev.dev_rows].argmax(axis=1) == dev.gold[: dev.dev_rows]).mean())
+            for k, v in dev.outputs.items()
+        },
         "seed0": per_seed[0],
         "summary": summary,
         "per_seed": per_seed,
@@ -274,10 +313,11 @@ def write_cascade_report(results: list[dict[str, Any]], command: str, output: Pa
     lines = [
         "# Cascade benchmark: does calibration keep its promise on texts no step saw?",
         "",
-        f"Command: `{command}`",
+        "Each dataset below names the command that measured it (`--datasets-only` reruns one).",
         "",
         "The models early-stopped on a slice of the training split; the dev split was seen by no training",
-        "step. Each dev split is halved at random: calibration chooses on one half, every figure below is",
+        "step. Each dev split is halved at random: calibration chooses on one half (plus, where a section",
+        "says so, training rows that no step saw), every figure below is",
         f"measured on the other. Target: accuracy at most {TARGET_POINTS} points below the teacher, at the",
         f"lowest cost; bounds are one-sided at {CONFIDENCE:.0%}. Each row is the median over the seeds'",
         "halvings (min–max in brackets); *kept* counts the seeds where the evaluation half's gap met the target.",
@@ -302,11 +342,20 @@ def write_cascade_report(results: list[dict[str, Any]], command: str, output: Pa
     for result in results:
         seconds = ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in result["seconds_per_request"].items())
         accuracy = ", ".join(f"{k} {v:.4f}" for k, v in result["accuracy_on_dev"].items())
+        extra = result.get("extra_calibration_rows", 0)
+        beside = (
+            f" Every calibration half also has the {extra:,} training rows that no step saw "
+            f"(`{CALIBRATION_FILE}` of benchmark-distill); evaluation halves are dev only."
+            if extra
+            else ""
+        )
         lines += [
             f"## {result['dataset']}",
             "",
+            f"Command: `{result.get('command', command)}`",
+            "",
             f"Dev {result['dev_rows']} texts, halves {result['halves'][0]} / {result['halves'][1]}, "
-            f"{result['seeds']} seeds. Accuracy on all of dev: {accuracy}. CPU time per request: {seconds}.",
+            f"{result['seeds']} seeds.{beside} Accuracy on all of dev: {accuracy}. CPU time per request: {seconds}.",
             "",
             "| method | cost / teacher | at GPU price | gap (pts) | kept | teacher share | oracle savings "
             "| seed 0: rule, gap [95% CI] |",

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.cascade import halves, run_cascade_dataset, write_cascade_report
+from benchmarks.cascade import DevOutputs, calibration_file, halves, run_cascade_dataset, write_cascade_report
+from benchmarks.distillation import CALIBRATION_FILE, PLANS, DatasetPlan, _subsample, keep_calibration_rows
 from tests.builders import TinyPair
 
 
@@ -57,3 +58,71 @@ def test_cascade_benchmark_reports_held_out_figures(tiny_pair: TinyPair, tmp_pat
     write_cascade_report([result], "cascade benchmark-cascade", output)
     report = (output / "cascade.md").read_text()
     assert "| chain bag → layers → teacher |" in report and (output / "cascade-tiny-layers.png").exists()
+
+
+def _rows(count: int, prefix: str) -> str:
+    return "".join(f'{{"text": "{prefix} {i}", "label": "{"pos" if i % 2 else "neg"}"}}\n' for i in range(count))
+
+
+def test_calibration_rows_come_from_the_left_out_rows_and_no_step_sees_them(tmp_path: Path) -> None:
+    train = tmp_path / "train.jsonl"
+    train.write_text(_rows(30, "text"))
+    plan = DatasetPlan("tiny", train_limit=10, bag_transfer=True, calibration_rows=6)
+    sampled, left_out = _subsample(train, plan.train_limit, tmp_path)
+    assert left_out is not None
+    transfer = keep_calibration_rows(plan, left_out, tmp_path)
+    assert transfer is not None
+    calibration = (tmp_path / CALIBRATION_FILE).read_text().splitlines()
+    trained = sampled.read_text().splitlines() + transfer.read_text().splitlines()
+    assert len(calibration) == 6 and len(trained) == 24
+    assert set(calibration).isdisjoint(trained) and set(calibration) | set(trained) == set(
+        train.read_text().splitlines()
+    )
+
+    # a plan without calibration rows leaves no file behind from an earlier plan
+    assert keep_calibration_rows(DatasetPlan("tiny", train_limit=10), left_out, tmp_path) == left_out
+    assert not (tmp_path / CALIBRATION_FILE).exists()
+    with pytest.raises(ValueError, match="train_limit"):
+        keep_calibration_rows(DatasetPlan("tiny", calibration_rows=6), None, tmp_path)
+
+
+def test_every_calibration_half_gets_the_extra_rows_and_evaluation_stays_on_dev() -> None:
+    dev = DevOutputs([f"t{i}" for i in range(15)], np.zeros(15, dtype=int), {}, dev_rows=10)
+    for seed in range(3):
+        calibration, evaluation = dev.split(seed)
+        assert set(range(10, 15)) <= set(calibration) and max(evaluation) < 10
+        assert set(calibration).isdisjoint(evaluation) and set(calibration) | set(evaluation) == set(range(15))
+
+
+def test_the_calibration_file_must_be_the_plans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(PLANS, "tiny", DatasetPlan("tiny", train_limit=10, calibration_rows=3))
+    with pytest.raises(FileNotFoundError, match="benchmark-distill"):
+        calibration_file("tiny", tmp_path)
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / CALIBRATION_FILE).write_text(_rows(4, "x"))
+    with pytest.raises(ValueError, match="4 rows, the plan keeps 3"):
+        calibration_file("tiny", tmp_path)
+    (tmp_path / "tiny" / CALIBRATION_FILE).write_text(_rows(3, "x"))
+    assert calibration_file("tiny", tmp_path) == tmp_path / "tiny" / CALIBRATION_FILE
+    assert calibration_file("not-a-plan", tmp_path) is None
+
+
+def test_extra_calibration_rows_join_calibration_only(
+    tiny_pair: TinyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work, datasets, output = tmp_path / "work", tmp_path / "datasets", tmp_path / "out"
+    (datasets / "tiny").mkdir(parents=True)
+    rows = tiny_pair.data.read_text().splitlines()
+    (datasets / "tiny" / "dev.jsonl").write_text("\n".join(rows * 4) + "\n")
+    for kind in ("teacher", "student-layers", "student-bag"):
+        shutil.copytree(tiny_pair.teacher if kind == "teacher" else tiny_pair.student, work / "tiny" / kind)
+    (work / "tiny" / CALIBRATION_FILE).write_text("\n".join(rows * 2) + "\n")
+    monkeypatch.setitem(PLANS, "tiny", DatasetPlan("tiny", train_limit=10, calibration_rows=len(rows) * 2))
+
+    result = run_cascade_dataset("tiny", datasets, work, output, threads=1, seeds=1)
+    assert result["halves"] == [12, 12] and result["extra_calibration_rows"] == len(rows) * 2
+    assert result["dev_rows"] == 24
+    escalated = result["seed0"]["layers max_prob"]["escalation_rate"] * 12
+    assert escalated == pytest.approx(round(escalated))  # measured on the 12 evaluation texts only
+    write_cascade_report([result], "cascade benchmark-cascade", output)
+    assert f"also has the {len(rows) * 2:,} training rows" in (output / "cascade.md").read_text()

@@ -28,9 +28,8 @@ def _benchmark_cascade(args: argparse.Namespace) -> int:
     # Results of the format before repeated halvings (no "summary") are dropped, not mixed in.
     results = [r for r in earlier_results(args.output, "cascade") if "summary" in r]
     for name in names:
-        results = merge_results(
-            results, run_cascade_dataset(name, args.datasets, args.work, args.output, args.threads, args.seeds)
-        )
+        measured = run_cascade_dataset(name, args.datasets, args.work, args.output, args.threads, args.seeds)
+        results = merge_results(results, {**measured, "command": invocation()})
         write_cascade_report(results, invocation(), args.output)
     print(f"results in {args.output}/cascade.md")
     return 0
