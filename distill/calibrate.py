@@ -79,6 +79,9 @@ class CalibrationReport(BaseModel):
     calibration: Calibration
     warnings: list[str] = []
     """What the user should know about the data it was given (a model's own early-stopping file, …)."""
+    point_estimate_escalation: float | None = None
+    """With a bound on the quality loss: what the kept rule would escalate on the gap measured here alone,
+    so the user sees what the bound costs (it narrows with the square root of the calibration texts)."""
 
     @field_validator("ece_before", "ece_after", mode="before")
     @classmethod
@@ -205,7 +208,11 @@ def calibrate(
     choice = None
     if any(s.rule is not None for s in scored):
         choice = RuleChoice(compared_on=len(predictions.texts), dollars_per_1000=dollars, kept=winner.name)
-    return _report(predictions, temperature, winner, cost, target, value, confidence_level, choice)
+    report = _report(predictions, temperature, winner, cost, target, value, confidence_level, choice)
+    if target == "max_quality_loss" and confidence_level is not None:
+        unbounded = choose_threshold(winner.outcomes, cost, target, value)  # met wherever the bound is
+        report = report.model_copy(update={"point_estimate_escalation": unbounded.escalation_rate})
+    return report
 
 
 def _report(

@@ -76,6 +76,17 @@ def test_calibrate_states_its_bound_and_confidence(
     assert "--confidence must be" in capsys.readouterr().err
 
 
+def test_calibrate_says_what_the_bound_costs(
+    tiny_pair: TinyPair, student_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--teacher", str(tiny_pair.teacher), "--student", str(student_copy), "--data", str(tiny_pair.data)]
+    assert main(["calibrate", *args, "--max-quality-loss", "5", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    # six texts: the measured gap alone would keep every text with the student, the bound escalates some
+    assert "escalation rate 0.333" in printed
+    assert "on the gap measured here alone this rule would escalate 0.000" in printed
+
+
 def test_split_holds_rows_out_of_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "labelled.jsonl"
     rows = [json.dumps({"text": f"text {i}", "label": "a" if i % 2 else "b"}) for i in range(50)]

@@ -66,6 +66,13 @@ def test_point_estimate_promises_more_than_the_bound() -> None:
     bounded = calibrate(data, "max_quality_loss", 1.0, rule="signals")
     assert point.calibration.confidence is None and bounded.calibration.confidence == 0.9
     assert bounded.expected.chosen.escalation_rate >= point.expected.chosen.escalation_rate
+    # the bounded report says what the same rule would escalate on the point estimate: what the bound costs
+    one = (Signal.MAX_PROB,)
+    point = calibrate(data, "max_quality_loss", 1.0, rule="signals", signals=one, confidence_level=None)
+    bounded = calibrate(data, "max_quality_loss", 1.0, rule="signals", signals=one)
+    assert bounded.point_estimate_escalation == point.expected.chosen.escalation_rate
+    assert bounded.point_estimate_escalation < bounded.expected.chosen.escalation_rate
+    assert point.point_estimate_escalation is None
 
 
 def test_a_learned_rule_travels_in_the_manifest_to_the_gateway_policy(tiny_pair: TinyPair, tmp_path: Path) -> None:

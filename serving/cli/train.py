@@ -184,6 +184,12 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"  below the teacher by {gap:.2f} points here; at most {100 * chosen.quality_loss_bound:.2f} points "
             f"with {calibration.confidence:.0%} confidence (one-sided)"
         )
+        if report.point_estimate_escalation is not None and report.point_estimate_escalation < chosen.escalation_rate:
+            print(
+                f"  the bound costs escalation: on the gap measured here alone this rule would escalate "
+                f"{report.point_estimate_escalation:.3f}; more calibration texts narrow the bound (4x as many "
+                "halve its margin)"
+            )
     else:
         print(f"  below the teacher by {gap:.2f} points here (point estimate: holds about half the time on new data)")
     teacher_only = expected.teacher_only
