@@ -195,6 +195,11 @@ def distill_student(
             f"bigram buckets must be 0 (off) or, with shape bag_of_embeddings, a positive count; "
             f"got {bag_bigram_buckets} with shape {shape}"
         )
+    if bag_hidden_size < 1 or (bag_hidden_size != 256 and shape != "bag_of_embeddings"):
+        raise ConfigError(
+            f"the bag's hidden size must be a positive width, set only with shape bag_of_embeddings; "
+            f"got {bag_hidden_size} with shape {shape}"
+        )
     if options.threads:
         torch.set_num_threads(options.threads)
     register_architectures()

@@ -85,3 +85,22 @@ def test_bag_with_bigrams_tells_word_order_apart_and_serves_through_onnx(tiny_pa
 
     with pytest.raises(ConfigError, match="bigram buckets"):
         distill_student(tiny_pair.teacher, tiny_pair.data, tmp_path / "layers", options, bag_bigram_buckets=101)
+    with pytest.raises(ConfigError, match="hidden size"):
+        distill_student(tiny_pair.teacher, tiny_pair.data, tmp_path / "layers", options, bag_hidden_size=64)
+    with pytest.raises(ConfigError, match="hidden size"):
+        distill_student(
+            tiny_pair.teacher, tiny_pair.data, tmp_path / "bag0", options, shape="bag_of_embeddings", bag_hidden_size=0
+        )
+
+
+def test_distill_command_sets_the_bags_width(tiny_pair: TinyPair, tmp_path: Path) -> None:
+    from serving.artifact import read_manifest
+    from serving.cli import main
+
+    output = tmp_path / "wide-bag"
+    common = ["--teacher", str(tiny_pair.teacher), "--train", str(tiny_pair.data), "--epochs", "1", "--no-onnx"]
+    assert (
+        main(["distill", *common, "--shape", "bag_of_embeddings", "--bag-hidden", "24", "--output", str(output)]) == 0
+    )
+    assert read_manifest(output).training["shape"]["hidden_size"] == 24
+    assert main(["distill", *common, "--bag-hidden", "24", "--output", str(tmp_path / "layers")]) == 2  # not a bag
