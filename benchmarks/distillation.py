@@ -101,7 +101,9 @@ PLANS = {
     # calibration texts' error rate of the predicted intent (shrunk to the mean, cross-fitted): 0.233.
     # What did help: a hidden layer 4x as wide (1024 instead of 256) for 151 labels: by hand 0.142; in
     # benchmark-distill and benchmark-cascade, bag 0.9126 -> 0.9200, calibrated cascade 0.204 -> 0.139
-    # of teacher-only, oracle share 0.83 -> 0.89.
+    # of teacher-only, oracle share 0.83 -> 0.89. The width was picked among the variants above by their
+    # cascades on dev; their early-stopping slice of train (no dev) orders them the same way: best
+    # accuracy 0.959 for 1024 wide, 0.953 for 256, 0.951 for both alpha-0.9 variants.
     "clinc150": DatasetPlan(
         "clinc150",
         bag_augment=6,
