@@ -29,6 +29,7 @@ from distill.build import BuildOptions, distill_student, finetune_teacher
 from distill.data import split_jsonl
 from distill.evaluate import evaluate_pair
 from distill.training import TrainSettings
+from serving.architectures import DEFAULT_BAG_HIDDEN_SIZE
 
 
 @dataclass
@@ -44,8 +45,9 @@ class DatasetPlan:
     (``distill.augment``): a transfer set where the dataset has no other texts."""
     bag_bigram_buckets: int = 0
     """The bag student also embeds adjacent token pairs, hashed into this many buckets (0: words only)."""
-    bag_hidden_size: int = 256
-    """Width of the bag student's hidden layer (between its averaged embeddings and its labels)."""
+    bag_hidden_size: int | None = None
+    """Width of the bag student's hidden layer (between its averaged embeddings and its labels); None:
+    the architecture's ``DEFAULT_BAG_HIDDEN_SIZE``."""
     calibration_rows: int = 0
     """Labelled rows of the training split that no step sees, kept for ``benchmark-cascade`` to calibrate on
     beside its half of dev (``CALIBRATION_FILE``). Taken from the rows the subsample left out (so it needs
@@ -329,8 +331,11 @@ def write_report(results: list[dict[str, Any]], command: str, output: Path) -> N
                 f"The bag student also learnt the teacher's answers on {result['bag_augment_copies_per_text']} "
                 "perturbed copies of each training text (`cascade distill --augment`)."
             )
-        if result.get("bag_hidden_size", 256) != 256:
-            lines.append(f"The bag student's hidden layer is {result['bag_hidden_size']:,} wide (the default is 256).")
+        if result.get("bag_hidden_size"):
+            lines.append(
+                f"The bag student's hidden layer is {result['bag_hidden_size']:,} wide "
+                f"(the default is {DEFAULT_BAG_HIDDEN_SIZE})."
+            )
         if result.get("bag_bigram_buckets"):
             lines.append(
                 f"The bag student also embeds adjacent token pairs, hashed into {result['bag_bigram_buckets']:,} "

@@ -32,7 +32,7 @@ from distill.training import (
     tokenize,
     train,
 )
-from serving.architectures import bag_of_embeddings_from_teacher, register_architectures
+from serving.architectures import DEFAULT_BAG_HIDDEN_SIZE, bag_of_embeddings_from_teacher, register_architectures
 from serving.artifact import Manifest, write_manifest
 from serving.errors import ArtifactError, ConfigError, DataError
 from serving.model_ref import resolve_model
@@ -167,7 +167,7 @@ def distill_student(
     shape: StudentShape = "teacher_layers",
     layers: Sequence[int] = (0, 5),
     width: float = 1.0,
-    bag_hidden_size: int = 256,
+    bag_hidden_size: int | None = None,
     bag_bigram_buckets: int = 0,
     dev_path: str | Path | None = None,
     use_hard_labels: bool = True,
@@ -179,7 +179,8 @@ def distill_student(
     ``shape``: ``teacher_layers`` starts from ``layers`` of the teacher (DistilBERT-style), narrower
     by ``width`` if below 1;
     ``bag_of_embeddings`` is the much cheaper averaged-embeddings model (``serving.architectures``),
-    with hashed token pairs when ``bag_bigram_buckets`` is above 0.
+    with hashed token pairs when ``bag_bigram_buckets`` is above 0, its hidden layer ``bag_hidden_size``
+    wide (None: ``DEFAULT_BAG_HIDDEN_SIZE``).
     The teacher's logits on the training texts are computed once, before training, and reused every
     epoch. Lines without a label are fine when ``use_hard_labels`` is false (soft targets only).
     ``transfer_path``: more texts (labels, if any, are ignored) that the student learns from the
@@ -195,7 +196,7 @@ def distill_student(
             f"bigram buckets must be 0 (off) or, with shape bag_of_embeddings, a positive count; "
             f"got {bag_bigram_buckets} with shape {shape}"
         )
-    if bag_hidden_size < 1 or (bag_hidden_size != 256 and shape != "bag_of_embeddings"):
+    if bag_hidden_size is not None and (bag_hidden_size < 1 or shape != "bag_of_embeddings"):
         raise ConfigError(
             f"the bag's hidden size must be a positive width, set only with shape bag_of_embeddings; "
             f"got {bag_hidden_size} with shape {shape}"
@@ -224,10 +225,9 @@ def distill_student(
         student = student_from_teacher_layers(teacher, layers, width)
         shape_summary: dict[str, Any] = {"kind": shape, "layers": list(layers), "width": width}
     else:
-        student = bag_of_embeddings_from_teacher(
-            teacher, hidden_size=bag_hidden_size, bigram_buckets=bag_bigram_buckets
-        )
-        shape_summary = {"kind": shape, "hidden_size": bag_hidden_size}
+        hidden_size = DEFAULT_BAG_HIDDEN_SIZE if bag_hidden_size is None else bag_hidden_size
+        student = bag_of_embeddings_from_teacher(teacher, hidden_size=hidden_size, bigram_buckets=bag_bigram_buckets)
+        shape_summary = {"kind": shape, "hidden_size": hidden_size}
         if bag_bigram_buckets:
             shape_summary["bigram_buckets"] = bag_bigram_buckets
     dev = _labelled(dev_data, labels, tokenizer, options.max_length) if dev_data else None

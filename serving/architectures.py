@@ -25,6 +25,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+DEFAULT_BAG_HIDDEN_SIZE = 256
+"""Width of the bag's hidden layer unless a distillation says otherwise (``cascade distill --bag-hidden``)."""
+
 
 class BagOfEmbeddingsConfig(PretrainedConfig):
     model_type = "cascade_bag_of_embeddings"
@@ -33,7 +36,7 @@ class BagOfEmbeddingsConfig(PretrainedConfig):
         self,
         vocab_size: int = 30522,
         embedding_size: int = 384,
-        hidden_size: int = 256,
+        hidden_size: int = DEFAULT_BAG_HIDDEN_SIZE,
         dropout: float = 0.1,
         pad_token_id: int = 0,
         bigram_buckets: int = 0,
@@ -95,7 +98,7 @@ class BagOfEmbeddingsForSequenceClassification(PreTrainedModel):
 
 
 def bag_of_embeddings_from_teacher(
-    teacher: PreTrainedModel, hidden_size: int = 256, bigram_buckets: int = 0
+    teacher: PreTrainedModel, hidden_size: int = DEFAULT_BAG_HIDDEN_SIZE, bigram_buckets: int = 0
 ) -> BagOfEmbeddingsForSequenceClassification:
     """A bag-of-embeddings student that starts from the teacher's word embeddings and label names.
 

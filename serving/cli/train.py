@@ -89,7 +89,7 @@ def _distill(args: argparse.Namespace) -> int:
         transfer_path=args.transfer,
         augment=args.augment,
         bag_bigram_buckets=args.bigrams,
-        bag_hidden_size=args.bag_hidden,
+        bag_hidden_size=args.bag_hidden,  # None: the architecture's default
     )
     print(f"student {manifest.name}:{manifest.version} written to {args.output}: {manifest.metrics}")
     _say_what_to_calibrate_on(args.dev)
@@ -332,7 +332,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     distill.add_argument(
         "--bag-hidden",
         type=int,
-        default=256,
+        default=None,
         metavar="WIDTH",
         help="bag_of_embeddings only: width of its hidden layer (default 256; 1024 ranked CLINC150's errors better)",
     )
