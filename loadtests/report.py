@@ -183,6 +183,23 @@ _TARGET_NAMES = {
 }
 
 
+def _auto_bound_text(result: dict[str, Any]) -> str:
+    """What the teacher allows ``route: auto`` on this machine (``benchmarks.serving_path.auto_teacher_bound``)."""
+    bound = result.get("auto_teacher_bound")
+    if bound is None:
+        return ""
+    measured = result["targets"].get("auto_vs_plain", {}).get("measured")
+    return f"""What the teacher allows `route: auto` here, whatever the serving path does: at its sustained rung it
+escalated {100 * bound["escalation_rate"]:.1f}% of texts, and the teacher computes
+{result["teacher_offline_texts_per_s"]:.1f} texts/s offline (batch 32), so one-text requests can arrive at
+most at **{bound["requests_per_s"]:.0f} req/s** before the escalations alone outrun it, even with a core to
+itself: {_fmt(bound["vs_plain"], ".2f")} of the plain server (the gateway sustained {_fmt(measured, ".2f")};
+the student's path and Locust share the same cores). The `auto_vs_plain` target would need an escalation
+rate of at most {100 * bound["escalation_for_target"]:.1f}% with this teacher, or a teacher
+{bound["teacher_speedup_for_target"]:.1f}x as fast (a GPU in production).
+"""
+
+
 def _rung_cell(rung: dict[str, Any] | None, sustained: float) -> str:
     if rung is None:
         return "none within target"
@@ -258,6 +275,7 @@ The teacher's offline throughput (this process, batch 32, same threads, the text
 | --- | --- | --- | --- |
 {target_rows}
 
+{_auto_bound_text(result)}
 ## Sustained throughput, memory and single-request latency
 
 | configuration | memory (MiB, PSS) | single request p50 (ms) | {size_headers} |

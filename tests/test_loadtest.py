@@ -257,6 +257,15 @@ def test_side_by_side_smoke_run_measures_the_gateway_beside_both_references(
         "single_request_p50_gap_ms",
         "teacher_vs_offline_batch_32",
     }
+    auto_rung = rows["gateway:auto"]["at_sustained"]["1"]
+    bound = result["auto_teacher_bound"]
+    if auto_rung["escalation_rate"] > 0:
+        assert bound["escalation_rate"] == auto_rung["escalation_rate"]
+        assert bound["requests_per_s"] == pytest.approx(
+            result["teacher_offline_texts_per_s"] / bound["escalation_rate"]
+        )
+    else:
+        assert bound is None
 
 
 class _ScriptedDriver:
@@ -287,3 +296,33 @@ def test_a_rung_with_too_few_requests_runs_again_for_longer(requests_per_s: floa
     rung = _closed_loop(driver, "http://x", "teacher", 4, 1, settings)  # type: ignore[arg-type]
     assert driver.runs == pytest.approx(expected_runs)
     assert rung.requests_per_s == pytest.approx(requests_per_s, rel=0.05)
+
+
+def test_the_teacher_bounds_route_auto_by_its_throughput_over_the_escalation_rate() -> None:
+    from benchmarks.serving_path import auto_teacher_bound
+
+    bound = auto_teacher_bound(plain_requests_per_s=3000.0, escalation_rate=0.1, teacher_texts_per_s=100.0)
+    assert bound is not None
+    assert bound["requests_per_s"] == pytest.approx(1000.0)  # 100 texts/s, one in ten escalated
+    assert bound["vs_plain"] == pytest.approx(1 / 3)
+    # 0.6 of 3,000 req/s = 1,800 req/s: the teacher keeps up at 100/1,800 escalated, or if 1.8x as fast.
+    assert bound["escalation_for_target"] == pytest.approx(100 / 1800)
+    assert bound["teacher_speedup_for_target"] == pytest.approx(1.8)
+    assert auto_teacher_bound(3000.0, 0.0, 100.0) is None  # nothing escalated: the teacher bounds nothing
+
+
+def test_the_load_test_report_says_what_the_teacher_allows_route_auto() -> None:
+    from benchmarks.serving_path import auto_teacher_bound
+    from loadtests.report import _auto_bound_text
+
+    result = {
+        "teacher_offline_texts_per_s": 89.2,
+        "targets": {"auto_vs_plain": {"measured": 0.26, "target": 0.6, "met": False}},
+        "auto_teacher_bound": auto_teacher_bound(2961.0, 0.0857, 89.2),
+    }
+    text = " ".join(_auto_bound_text(result).split())
+    assert "escalated 8.6% of texts" in text
+    assert "at most at **1041 req/s**" in text
+    assert "0.35 of the plain server (the gateway sustained 0.26;" in text
+    assert "an escalation rate of at most 5.0%" in text and "a teacher 1.7x as fast" in text
+    assert _auto_bound_text({**result, "auto_teacher_bound": None}) == ""
