@@ -29,7 +29,7 @@ from distill.build import BuildOptions, distill_student, finetune_teacher
 from distill.data import split_jsonl
 from distill.evaluate import evaluate_pair
 from distill.training import TrainSettings
-from serving.architectures import DEFAULT_BAG_HIDDEN_SIZE
+from serving.constants import DEFAULT_BAG_HIDDEN_SIZE
 
 
 @dataclass
@@ -47,7 +47,7 @@ class DatasetPlan:
     """The bag student also embeds adjacent token pairs, hashed into this many buckets (0: words only)."""
     bag_hidden_size: int | None = None
     """Width of the bag student's hidden layer (between its averaged embeddings and its labels); None:
-    the architecture's ``DEFAULT_BAG_HIDDEN_SIZE``."""
+    ``serving.constants.DEFAULT_BAG_HIDDEN_SIZE``."""
     calibration_rows: int = 0
     """Labelled rows of the training split that no step sees, kept for ``benchmark-cascade`` to calibrate on
     beside its half of dev (``CALIBRATION_FILE``). Taken from the rows the subsample left out (so it needs

@@ -32,8 +32,9 @@ from distill.training import (
     tokenize,
     train,
 )
-from serving.architectures import DEFAULT_BAG_HIDDEN_SIZE, bag_of_embeddings_from_teacher, register_architectures
+from serving.architectures import bag_of_embeddings_from_teacher, register_architectures
 from serving.artifact import Manifest, write_manifest
+from serving.constants import DEFAULT_BAG_HIDDEN_SIZE
 from serving.errors import ArtifactError, ConfigError, DataError
 from serving.model_ref import resolve_model
 

@@ -25,8 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-DEFAULT_BAG_HIDDEN_SIZE = 256
-"""Width of the bag's hidden layer unless a distillation says otherwise (``cascade distill --bag-hidden``)."""
+from serving.constants import DEFAULT_BAG_HIDDEN_SIZE
 
 
 class BagOfEmbeddingsConfig(PretrainedConfig):

@@ -241,5 +241,9 @@ def apply_ray_environment_defaults() -> None:
         os.environ.setdefault(name, value)
 
 
+DEFAULT_BAG_HIDDEN_SIZE = 256
+"""Width of the bag student's hidden layer unless a distillation says otherwise (``cascade distill
+--bag-hidden``). Here, not in ``serving.architectures``, so the CLI can name it without importing torch."""
+
 DEFAULT_CALIBRATION_CONFIDENCE = 0.9
 """``cascade calibrate``: one-sided confidence that the quality-loss target holds on new traffic."""

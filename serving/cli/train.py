@@ -11,6 +11,7 @@ from typing import Any
 from router.cost import DEFAULT_CPU_NODE_DOLLARS_PER_HOUR
 from serving.artifact import MiddleStage
 from serving.cli.common import add_price_arguments
+from serving.constants import DEFAULT_BAG_HIDDEN_SIZE
 from serving.constants import DEFAULT_CALIBRATION_CONFIDENCE as DEFAULT_CONFIDENCE
 from serving.errors import CascadeError
 from serving.vocabulary import ROLES
@@ -334,7 +335,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=int,
         default=None,
         metavar="WIDTH",
-        help="bag_of_embeddings only: width of its hidden layer (default 256; 1024 ranked CLINC150's errors better)",
+        help=(
+            f"bag_of_embeddings only: width of its hidden layer (default {DEFAULT_BAG_HIDDEN_SIZE}; "
+            "1024 ranked CLINC150's errors better)"
+        ),
     )
     _add_training_arguments(distill, epochs=10, lr=2e-4)
     distill.set_defaults(func=_distill)
